@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tcllava demo
+	$(BIN)/python benchmarks/attention.py
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

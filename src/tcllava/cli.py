@@ -12,7 +12,7 @@ import sys
 
 # name -> (module, one-line help). Modules are imported lazily so `tcllava --help` stays instant.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "bench-attention": ("tcllava.attention.bench_cli", "time TC attention kernels against causal SDPA"),
+    "data": ("tcllava.data.synthetic_cli", "generate datasets (tcllava data synthetic ...)"),
 }
 
 

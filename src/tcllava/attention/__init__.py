@@ -1,1 +1,28 @@
-"""tcllava.attention"""
+"""TC attention: temporal ids, dual-RoPE positions, the four frame masks, exact kernels and the dispatcher.
+
+Knows nothing about LLaVA: usable on any LLaMA-family decoder from transformers.
+"""
+
+from tcllava.attention.hf import ATTN_IMPLEMENTATION, TCAttentionConfig, enable_tc_attention, prepare_tc_inputs
+from tcllava.attention.kernels import KERNELS, attend, choose_kernel
+from tcllava.attention.layout import FrameLayout
+from tcllava.attention.masks import MASK_KINDS, PREFIX_KINDS, dense_mask
+from tcllava.attention.positions import block_ids, rope_positions, temporal_ids, token_positions
+
+__all__ = [
+    "ATTN_IMPLEMENTATION",
+    "KERNELS",
+    "MASK_KINDS",
+    "PREFIX_KINDS",
+    "FrameLayout",
+    "TCAttentionConfig",
+    "attend",
+    "block_ids",
+    "choose_kernel",
+    "dense_mask",
+    "enable_tc_attention",
+    "prepare_tc_inputs",
+    "rope_positions",
+    "temporal_ids",
+    "token_positions",
+]

@@ -1,0 +1,175 @@
+"""Run any transformers LLaMA-family decoder (Llama, Mistral, Qwen2, ...) with TC attention.
+
+Nothing is forked. Two pieces of transformers' own machinery carry it:
+- an attention function registered in its ``AttentionInterface`` under the name ``"tcllava"``; every
+  layer calls it with the layer's q, k, v and our ``tc_layout`` keyword, and it asks the dispatcher;
+- a forward pre-hook on the model that turns ``frame_ids`` (plus the 2D padding mask) into the TC RoPE
+  positions and a :class:`FrameLayout` for the *whole* sequence seen so far. Because it re-derives them
+  from the full padding mask at every call, generation with a KV cache, left padding and repeated
+  ``generate`` calls stay correct with no state: generated tokens are text, so each step's position grows
+  by ``1 + gamma`` per sample.
+
+Since ``"tcllava"`` is not in transformers' mask registry, transformers builds no N x N mask at all: the
+layout replaces it, and FlashAttention backends are routed around instead of silently dropping the mask.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+
+from tcllava.attention.kernels import KERNELS, attend
+from tcllava.attention.layout import FrameLayout
+from tcllava.attention.masks import check_kind
+from tcllava.attention.positions import TEXT_AFTER_VIDEO_READINGS, rope_positions
+
+ATTN_IMPLEMENTATION = "tcllava"
+
+
+@dataclass
+class TCAttentionConfig:
+    """The TC settings: all of them change only positions and the mask, none adds a parameter."""
+
+    gamma: float = 1.0
+    mask: str = "frame_block_causal"
+    text_after_video: str = "paper"
+    kernel: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_kind(self.mask)
+        if self.text_after_video not in TEXT_AFTER_VIDEO_READINGS:
+            raise ValueError(f"text_after_video must be one of {TEXT_AFTER_VIDEO_READINGS}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
+        if self.gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {self.gamma}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def is_vanilla(self) -> bool:
+        return self.gamma == 0 and self.mask == "causal"
+
+
+def tc_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    tc_layout: FrameLayout | None = None,
+    tc_kernel: str = "auto",
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention-interface entry: [B, H, Q, D] in, [B, Q, H, D] out."""
+    if tc_layout is None:
+        raise RuntimeError(
+            "a model with attn_implementation='tcllava' was called without a TC layout: call the model "
+            "(model(...) or model.generate(...)), not model.forward, after tcllava.attention.enable_tc_attention"
+        )
+    out = attend(query, key, value, tc_layout, scale=scaling, kernel=tc_kernel, dropout=dropout)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTN_IMPLEMENTATION, tc_attention_forward)
+
+
+def _sequence_lengths(kwargs: dict[str, Any]) -> tuple[int, int, int]:
+    tokens = kwargs.get("input_ids")
+    if tokens is None:
+        tokens = kwargs.get("inputs_embeds")
+    if tokens is None:
+        raise ValueError("TC attention needs input_ids or inputs_embeds")
+    batch, query_length = tokens.shape[:2]
+    cache = kwargs.get("past_key_values")
+    past = cache.get_seq_length() if cache is not None else 0
+    return batch, query_length, past + query_length
+
+
+def prepare_tc_inputs(
+    config: TCAttentionConfig,
+    frame_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    batch: int,
+    query_length: int,
+    total_length: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, FrameLayout]:
+    """(attention_mask, position_ids for the queries, layout) for a call that adds ``query_length`` tokens
+    to a sequence of ``total_length``. ``frame_ids`` may be shorter than the sequence: tokens past its
+    end (generated ones) are text."""
+    if attention_mask is None:
+        attention_mask = torch.ones(batch, total_length, dtype=torch.long, device=device)
+    if attention_mask.ndim != 2 or attention_mask.shape != (batch, total_length):
+        raise ValueError(
+            f"TC attention needs a 2D padding mask of shape {(batch, total_length)}, got "
+            f"{tuple(attention_mask.shape)}"
+        )
+    if frame_ids is None:
+        frame_ids = torch.full((batch, total_length), -1, dtype=torch.long, device=device)
+    frame_ids = frame_ids.to(device)
+    if frame_ids.shape[0] != batch or frame_ids.shape[1] > total_length:
+        raise ValueError(f"frame_ids shape {tuple(frame_ids.shape)} does not fit a sequence of {(batch, total_length)}")
+    if frame_ids.shape[1] < total_length:
+        frame_ids = torch.nn.functional.pad(frame_ids, (0, total_length - frame_ids.shape[1]), value=-1)
+    positions = rope_positions(frame_ids, config.gamma, attention_mask, config.text_after_video)
+    layout = FrameLayout(frame_ids, attention_mask.bool(), config.mask, query_length=query_length)
+    return attention_mask, positions[:, total_length - query_length :], layout
+
+
+def _tc_pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    config: TCAttentionConfig = module.tc_attention_config
+    if args:  # bind positional arguments by name so that the hook can rewrite them
+        bound = inspect.signature(module.forward).bind_partial(*args, **kwargs)
+        kwargs = dict(bound.arguments)
+        kwargs.update(kwargs.pop("kwargs", {}))
+    frame_ids = kwargs.pop("frame_ids", None)
+    batch, query_length, total_length = _sequence_lengths(kwargs)
+    device = (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]).device
+    attention_mask, positions, layout = prepare_tc_inputs(
+        config, frame_ids, kwargs.get("attention_mask"), batch, query_length, total_length, device
+    )
+    kwargs.update(attention_mask=attention_mask, position_ids=positions, tc_layout=layout, tc_kernel=config.kernel)
+    return (), kwargs
+
+
+def _validate_without_frame_ids(self: nn.Module, model_kwargs: dict[str, Any]) -> None:
+    # generate() rejects keywords its forward signature does not name; frame_ids is consumed by our hook.
+    model_kwargs = {k: v for k, v in model_kwargs.items() if k != "frame_ids"}
+    type(self)._validate_model_kwargs(self, model_kwargs)
+
+
+def enable_tc_attention(model: nn.Module, config: TCAttentionConfig | None = None, **overrides: Any) -> nn.Module:
+    """Switch a transformers decoder to TC attention in place and return it.
+
+    Afterwards ``model(input_ids, attention_mask=..., frame_ids=...)`` and ``model.generate(...,
+    frame_ids=...)`` use the TC positions and mask; without ``frame_ids`` every token is text. With
+    ``gamma=0`` and ``mask="causal"`` the model computes exactly what it did before.
+    """
+    config = config or TCAttentionConfig()
+    if overrides:
+        config = TCAttentionConfig(**{**config.to_dict(), **overrides})
+    if getattr(model, "tc_attention_config", None) is None:
+        model.register_forward_pre_hook(_tc_pre_hook, with_kwargs=True)
+        if hasattr(model, "_validate_model_kwargs"):
+            model._validate_model_kwargs = types.MethodType(_validate_without_frame_ids, model)
+    if getattr(model.config, "sliding_window", None) and getattr(model.config, "use_sliding_window", True):
+        window = model.config.sliding_window
+        layer_types = getattr(model.config, "layer_types", None) or []
+        if "sliding_attention" in layer_types:
+            raise ValueError(
+                f"{type(model).__name__} uses sliding-window attention (window {window}) in some layers; "
+                "TC attention supports full-attention layers only"
+            )
+    model.tc_attention_config = config
+    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    return model
