@@ -102,8 +102,10 @@ def main() -> int:
             result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
             result["length"] = length
             rows.append(result)
-            print(f"L={length:>6} {kernel:<18} {result['seconds']:.3f} s  peak {result['peak_mib']:.0f} MiB",
-                  flush=True)
+            print(
+                f"L={length:>6} {kernel:<18} {result['seconds']:.3f} s  peak {result['peak_mib']:.0f} MiB",
+                flush=True,
+            )
     floor = {r["length"]: r for r in rows if r["kernel"] == "causal_sdpa"}
     for r in rows:
         if "seconds" in r:

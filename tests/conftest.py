@@ -12,7 +12,9 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 def video_layout(text_before: int, frames: int, tokens_per_frame: int, text_after: int) -> list[int]:
     """frame_ids of one prompt: text, then `frames` frames of `tokens_per_frame` tokens, then text."""
-    return [-1] * text_before + [f for f in range(frames) for _ in range(tokens_per_frame)] + [-1] * text_after
+    return (
+        [-1] * text_before + [f for f in range(frames) for _ in range(tokens_per_frame)] + [-1] * text_after
+    )
 
 
 def random_layout(rng: random.Random, max_len: int = 80) -> list[int]:

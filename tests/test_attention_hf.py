@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from conftest import pad_rows, video_layout
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
@@ -17,6 +16,8 @@ from transformers import (
 )
 
 from tcllava.attention import TCAttentionConfig, enable_tc_attention, rope_positions
+
+from conftest import pad_rows, video_layout
 
 SIZES = dict(
     vocab_size=97,
@@ -105,8 +106,13 @@ def test_prefill_then_step_by_step_decode_equals_one_full_pass(gamma, family):
         logits, cache = [out.logits[:, -1]], out.past_key_values
         for t in range(steps - 1):
             step_mask = full_mask[:, : input_ids.shape[1] + t + 1]
-            out = tc(continuation[:, t : t + 1], attention_mask=step_mask, frame_ids=frame_ids,
-                     past_key_values=cache, use_cache=True)
+            out = tc(
+                continuation[:, t : t + 1],
+                attention_mask=step_mask,
+                frame_ids=frame_ids,
+                past_key_values=cache,
+                use_cache=True,
+            )
             logits.append(out.logits[:, -1])
     want = full[:, input_ids.shape[1] - 1 : -1]
     torch.testing.assert_close(torch.stack(logits, 1), want, rtol=1e-5, atol=1e-5)
@@ -135,8 +141,12 @@ def test_batched_generate_with_left_padding_equals_greedy_full_passes_and_repeat
     enable_tc_attention(tc, gamma=gamma)
     input_ids, mask, frame_ids = prompts()
     new = 6
-    first = tc.generate(input_ids, attention_mask=mask, frame_ids=frame_ids, max_new_tokens=new, do_sample=False)
-    again = tc.generate(input_ids, attention_mask=mask, frame_ids=frame_ids, max_new_tokens=new, do_sample=False)
+    first = tc.generate(
+        input_ids, attention_mask=mask, frame_ids=frame_ids, max_new_tokens=new, do_sample=False
+    )
+    again = tc.generate(
+        input_ids, attention_mask=mask, frame_ids=frame_ids, max_new_tokens=new, do_sample=False
+    )
     assert torch.equal(first, again)
     # Greedy decoding by full forward passes, one sample at a time without padding.
     for b in range(2):
@@ -160,7 +170,9 @@ def test_later_frames_never_reach_earlier_frames_but_frame_peers_do():
     enable_tc_attention(tc, gamma=1.0, mask="frame_block_causal")
     frame_ids = torch.tensor([video_layout(2, 3, 4, 2)])  # frames at 2-5, 6-9, 10-13
     mask = torch.ones_like(frame_ids)
-    embeds = torch.randn(1, frame_ids.shape[1], SIZES["hidden_size"], generator=torch.Generator().manual_seed(0))
+    embeds = torch.randn(
+        1, frame_ids.shape[1], SIZES["hidden_size"], generator=torch.Generator().manual_seed(0)
+    )
     base = _hidden(tc, embeds, mask, frame_ids)
 
     later_frame = embeds.clone()

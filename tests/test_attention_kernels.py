@@ -6,10 +6,11 @@ import random
 
 import pytest
 import torch
-from conftest import pad_rows, random_layout, video_layout
 
 import tcllava.attention.layout as layout_module
 from tcllava.attention import MASK_KINDS, FrameLayout, attend, choose_kernel, dense_mask
+
+from conftest import pad_rows, random_layout, video_layout
 
 
 def brute_force_mask(row: list[int], real: list[int], kind: str) -> list[list[bool]]:
@@ -155,7 +156,9 @@ def test_dispatcher_choices():
     assert choose_kernel(q, FrameLayout(ids, torch.ones_like(ids), "frame_block_causal")) == "prefix"
     assert choose_kernel(q, FrameLayout(ids, torch.ones_like(ids), "causal")) == "causal"
     assert choose_kernel(q, FrameLayout(ids, torch.ones_like(ids), "full_visual")) == "sdpa"
-    assert choose_kernel(q, FrameLayout(ids, torch.ones_like(ids), "frame_block_causal"), dropout=0.1) == "sdpa"
+    assert (
+        choose_kernel(q, FrameLayout(ids, torch.ones_like(ids), "frame_block_causal"), dropout=0.1) == "sdpa"
+    )
     decode = FrameLayout(ids, torch.ones_like(ids), "frame_block", query_length=1)
     assert choose_kernel(q[:, :, -1:], decode) == "decode"
     gappy = torch.ones_like(ids)

@@ -6,9 +6,10 @@ import random
 
 import pytest
 import torch
-from conftest import pad_rows, random_layout, video_layout
 
 from tcllava.attention import block_ids, rope_positions, temporal_ids, token_positions
+
+from conftest import pad_rows, random_layout, video_layout
 
 WORKED = video_layout(5, 3, 4, 2)  # 5 text tokens, 3 frames of 4 tokens, 2 text tokens
 
@@ -94,7 +95,27 @@ def test_fractional_gamma_is_linear():
 
 
 def test_block_ids_one_per_frame_and_per_text_token():
-    assert block_ids(torch.tensor([WORKED]))[0].tolist() == [0, 1, 2, 3, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7, 8, 9]
+    assert block_ids(torch.tensor([WORKED]))[0].tolist() == [
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+        5,
+        5,
+        5,
+        6,
+        6,
+        6,
+        6,
+        7,
+        7,
+        7,
+        7,
+        8,
+        9,
+    ]
     ids, mask = pad_rows([[-1, 0, 0, -1], [-1, 0]], "left")
     assert block_ids(ids, mask).tolist() == [[0, 1, 1, 2], [-1, -1, 0, 1]]
 

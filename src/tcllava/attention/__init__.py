@@ -3,7 +3,12 @@
 Knows nothing about LLaVA: usable on any LLaMA-family decoder from transformers.
 """
 
-from tcllava.attention.hf import ATTN_IMPLEMENTATION, TCAttentionConfig, enable_tc_attention, prepare_tc_inputs
+from tcllava.attention.hf import (
+    ATTN_IMPLEMENTATION,
+    TCAttentionConfig,
+    enable_tc_attention,
+    prepare_tc_inputs,
+)
 from tcllava.attention.kernels import KERNELS, attend, choose_kernel
 from tcllava.attention.layout import FrameLayout
 from tcllava.attention.masks import MASK_KINDS, PREFIX_KINDS, dense_mask

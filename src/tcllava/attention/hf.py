@@ -118,7 +118,9 @@ def prepare_tc_inputs(
         frame_ids = torch.full((batch, total_length), -1, dtype=torch.long, device=device)
     frame_ids = frame_ids.to(device)
     if frame_ids.shape[0] != batch or frame_ids.shape[1] > total_length:
-        raise ValueError(f"frame_ids shape {tuple(frame_ids.shape)} does not fit a sequence of {(batch, total_length)}")
+        raise ValueError(
+            f"frame_ids shape {tuple(frame_ids.shape)} does not fit a sequence of {(batch, total_length)}"
+        )
     if frame_ids.shape[1] < total_length:
         frame_ids = torch.nn.functional.pad(frame_ids, (0, total_length - frame_ids.shape[1]), value=-1)
     positions = rope_positions(frame_ids, config.gamma, attention_mask, config.text_after_video)
@@ -134,11 +136,15 @@ def _tc_pre_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tupl
         kwargs.update(kwargs.pop("kwargs", {}))
     frame_ids = kwargs.pop("frame_ids", None)
     batch, query_length, total_length = _sequence_lengths(kwargs)
-    device = (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]).device
+    device = (
+        kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+    ).device
     attention_mask, positions, layout = prepare_tc_inputs(
         config, frame_ids, kwargs.get("attention_mask"), batch, query_length, total_length, device
     )
-    kwargs.update(attention_mask=attention_mask, position_ids=positions, tc_layout=layout, tc_kernel=config.kernel)
+    kwargs.update(
+        attention_mask=attention_mask, position_ids=positions, tc_layout=layout, tc_kernel=config.kernel
+    )
     return (), kwargs
 
 
@@ -148,7 +154,9 @@ def _validate_without_frame_ids(self: nn.Module, model_kwargs: dict[str, Any]) -
     type(self)._validate_model_kwargs(self, model_kwargs)
 
 
-def enable_tc_attention(model: nn.Module, config: TCAttentionConfig | None = None, **overrides: Any) -> nn.Module:
+def enable_tc_attention(
+    model: nn.Module, config: TCAttentionConfig | None = None, **overrides: Any
+) -> nn.Module:
     """Switch a transformers decoder to TC attention in place and return it.
 
     Afterwards ``model(input_ids, attention_mask=..., frame_ids=...)`` and ``model.generate(...,
