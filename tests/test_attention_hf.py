@@ -204,7 +204,7 @@ def test_flash_attention_is_routed_around_and_forward_without_hook_is_refused():
     tc.config._attn_implementation = "flash_attention_2"  # as a user's checkpoint config may say
     enable_tc_attention(tc)
     assert tc.config._attn_implementation == "tcllava"
-    input_ids, mask, frame_ids = prompts()
+    input_ids, mask, _ = prompts()
     with pytest.raises(RuntimeError, match="without a TC layout"):
         tc.forward(input_ids, attention_mask=mask)
 

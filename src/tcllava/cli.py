@@ -12,7 +12,10 @@ import sys
 
 # name -> (module, one-line help). Modules are imported lazily so `tcllava --help` stays instant.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "chat": ("tcllava.serve.chat_cli", "answer a question about a video"),
+    "convert": ("tcllava.model.convert_cli", "convert a llava-hf checkpoint to tcllava"),
     "data": ("tcllava.data.synthetic_cli", "generate datasets (tcllava data synthetic ...)"),
+    "eval": ("tcllava.eval.cli", "evaluate a model on mvbench, videomme, synthetic or open-ended QA"),
 }
 
 
