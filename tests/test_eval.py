@@ -1,0 +1,491 @@
+"""Evaluation end to end on tiny fixture datasets in the published layouts, with scripted predictors
+whose answers (and so whose accuracies) are known."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tcllava.eval import evaluate, merge
+from tcllava.eval.benchmarks import EvalError, load_benchmark
+from tcllava.eval.predictor import Prompt
+from tcllava.eval.protocols import MVBENCH_SYSTEM
+from tcllava.eval.subtitles import parse_srt, select_subtitles
+from tcllava.video import write_video
+
+FPS = 8
+
+
+def frames(n: int, size: int = 32) -> np.ndarray:
+    return np.stack([np.full((size, size, 3), (7 * i) % 256, np.uint8) for i in range(n)])
+
+
+class TablePredictor:
+    """Answers by looking the question up in a table; records what it was given."""
+
+    def __init__(self, answers: dict[str, str], fail_after: int | None = None) -> None:
+        self.answers = answers
+        self.fail_after = fail_after
+        self.seen: list[tuple[Prompt, tuple[int, ...], list[float]]] = []
+
+    def generate(self, clips, prompts):
+        if self.fail_after is not None and len(self.seen) + len(prompts) > self.fail_after:
+            raise RuntimeError("simulated crash")
+        out = []
+        for clip, prompt in zip(clips, prompts, strict=True):
+            self.seen.append((prompt, tuple(clip.frames.shape), clip.timestamps.tolist()))
+            key = next(q for q in self.answers if q in prompt.user)
+            out.append(self.answers[key])
+        return out
+
+    def describe(self):
+        return {"name": "table", "n_answers": len(self.answers)}
+
+
+# (question, candidates, answer text, reply). Accuracies per task are fixed by the replies.
+ACTION_SEQUENCE = [  # bounded mp4, 3/4 correct -> 75
+    ("AS-0 what happened first?", ["opened door", "sat down", "ate"], "sat down", "B) sat down"),
+    ("AS-1 what happened next?", ["opened door", "sat down", "ate"], "ate", "Best option: (C) ate"),
+    ("AS-2 what then?", ["opened door", "sat down"], "opened door", "A"),
+    ("AS-3 and finally?", ["opened door", "sat down", "ate", "slept"], "slept", "(A) opened door"),
+]
+EPISODIC = [  # frame folder, bounded, 1/3 correct, 1 unparseable -> 33.33
+    ("ER-0 why did he laugh?", ["joke", "fell", "won"], "joke", "A) joke"),
+    ("ER-1 who spoke?", ["Ross", "Rachel", "Joey"], "Joey", "Rachel"),
+    ("ER-2 where were they?", ["cafe", "office", "park"], "park", "I cannot tell from the video."),
+]
+OBJECT_SHUFFLE = [  # webm, 2/4 correct, 1 wrong, 1 empty -> official 50, lmms-eval 2/3
+    ("OS-0 where is the ball?", ["left", "middle", "right"], "left", "A"),
+    ("OS-1 where is the cup?", ["left", "middle", "right"], "right", "The answer is C."),
+    ("OS-2 where is the key?", ["left", "middle", "right"], "middle", "left"),
+    ("OS-3 where is the coin?", ["left", "middle", "right"], "left", ""),
+]
+
+
+def make_mvbench(root: Path) -> dict[str, str]:
+    """MVBench layout (json/ + video/{prefix}) with three tasks; returns question -> reply."""
+    (root / "json").mkdir(parents=True)
+    star = root / "video" / "star" / "Charades_v1_480"
+    star.mkdir(parents=True)
+    write_video(star / "A1B2C.mp4", frames(4 * FPS), FPS)  # 4 s
+    rows = [
+        {"video": "A1B2C.mp4", "question": q, "candidates": c, "answer": a, "start": 1.0, "end": 3.0}
+        for q, c, a, _ in ACTION_SEQUENCE
+    ]
+    (root / "json" / "action_sequence.json").write_text(json.dumps(rows))
+
+    folder = root / "video" / "tvqa" / "frames_fps3_hq" / "friends_s01e01_seg01_clip_00"
+    folder.mkdir(parents=True)
+    for i in range(1, 31):  # 10 s at 3 fps, named like the published frames
+        Image.fromarray(frames(1)[0] + i).save(folder / f"{i:05d}.jpg")
+    rows = [
+        {"video": folder.name, "question": q, "candidates": c, "answer": a, "start": 2.0, "end": 8.0}
+        for q, c, a, _ in EPISODIC
+    ]
+    (root / "json" / "episodic_reasoning.json").write_text(json.dumps(rows))
+
+    perception = root / "video" / "perception" / "videos"
+    perception.mkdir(parents=True)
+    write_video(perception / "video_1.webm", frames(2 * FPS), FPS)
+    rows = [
+        {"video": "video_1.webm", "question": q, "candidates": c, "answer": a}
+        for q, c, a, _ in OBJECT_SHUFFLE
+    ]
+    (root / "json" / "object_shuffle.json").write_text(json.dumps(rows))
+    return {q: r for q, _, _, r in ACTION_SEQUENCE + EPISODIC + OBJECT_SHUFFLE}
+
+
+@pytest.fixture(scope="module")
+def mvbench_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("mvbench")
+    return root, make_mvbench(root)
+
+
+def test_mvbench_official_exact_scores_prompts_and_frames(mvbench_dir, tmp_path) -> None:
+    root, answers = mvbench_dir
+    predictor = TablePredictor(answers)
+    res = evaluate(predictor, "mvbench", root, tmp_path, num_frames=16, batch_size=3, num_workers=2)
+
+    tasks = res["metrics"]["tasks"]
+    assert list(tasks) == ["Action Sequence", "Object Shuffle", "Episodic Reasoning"]  # official table order
+    assert tasks["Action Sequence"]["accuracy"] == pytest.approx(75.0)
+    assert tasks["Episodic Reasoning"]["accuracy"] == pytest.approx(100 / 3)
+    assert tasks["Episodic Reasoning"]["unparseable"] == 1
+    assert tasks["Object Shuffle"]["accuracy"] == pytest.approx(50.0)
+    assert tasks["Object Shuffle"]["empty"] == 1 and tasks["Object Shuffle"]["denominator"] == 4
+    assert res["metrics"]["average"] == pytest.approx((75 + 100 / 3 + 50) / 3)
+    assert res["metrics"]["overall"]["accuracy"] == pytest.approx(100 * 6 / 11)
+    assert res["tasks_found"] == ["Action Sequence", "Object Shuffle", "Episodic Reasoning"]
+    assert len(res["tasks_missing"]) == 17
+
+    # The official prompt, verbatim.
+    prompt = next(p for p, _, _ in predictor.seen if "AS-0" in p.user)
+    assert prompt.system == MVBENCH_SYSTEM
+    assert prompt.user == (
+        "<video>\nQuestion: AS-0 what happened first?\nOptions:\n(A) opened door\n(B) sat down\n(C) ate\n"
+        "Only give the best option."
+    )
+    assert prompt.assistant_prefix == "Best option:("
+    # 16 frames everywhere; bounded tasks sample inside their bound (frame folders at 3 fps).
+    for p, shape, stamps in predictor.seen:
+        assert shape == (16, 32, 32, 3)
+        if p.user.startswith("<video>\nQuestion: AS-"):
+            assert min(stamps) >= 1.0 - 1e-6 and max(stamps) <= 3.0 + 1e-6
+        if p.user.startswith("<video>\nQuestion: ER-"):
+            assert min(stamps) >= 2.0 - 0.34 and max(stamps) <= 8.0 + 0.34
+    assert len(predictor.seen) == 11
+
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["protocol"]["name"] == "official" and saved["protocol"]["sampling"] == "mvbench"
+    assert saved["model"]["class"].endswith("TablePredictor")
+    assert saved["model"]["name"] == "table" and saved["model"]["n_answers"] == 11
+    assert saved["extraction_rule"].startswith("tcllava-extract-v1")
+    assert set(saved["data"]["sha256"]) == {
+        "json/action_sequence.json",
+        "json/episodic_reasoning.json",
+        "json/object_shuffle.json",
+    }
+    assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in saved["data"]["sha256"].values())
+    assert saved["world_size"] == 1 and saved["num_frames"] == 16 and saved["tcllava_version"]
+    assert "| Action Sequence | 75.00 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+    lines = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 11 and len({x["id"] for x in lines}) == 11
+    first = next(x for x in lines if x["id"] == "action_sequence/0")
+    assert first == {
+        "id": "action_sequence/0",
+        "task": "Action Sequence",
+        "prediction": "B) sat down",
+        "extracted": "B",
+        "truth": "B",
+        "correct": True,
+        "error": None,
+    }
+
+
+def test_mvbench_lmms_eval_protocol_differs_visibly(mvbench_dir, tmp_path) -> None:
+    root, answers = mvbench_dir
+    predictor = TablePredictor(answers)
+    res = evaluate(predictor, "mvbench", root, tmp_path, protocol="lmms-eval", num_workers=0, batch_size=4)
+    tasks = res["metrics"]["tasks"]
+    # The empty answer leaves lmms-eval's denominator; the unparseable one stays (scored wrong).
+    assert tasks["Object Shuffle"]["accuracy"] == pytest.approx(200 / 3)
+    assert tasks["Object Shuffle"]["excluded"] == 1 and tasks["Object Shuffle"][
+        "accuracy_all"
+    ] == pytest.approx(50.0)
+    assert tasks["Episodic Reasoning"]["accuracy"] == pytest.approx(100 / 3)
+    assert res["metrics"]["average"] == pytest.approx((75 + 100 / 3 + 200 / 3) / 3)
+    assert res["metrics"]["overall"]["accuracy"] == pytest.approx(60.0)
+    assert res["protocol"]["name"] == "lmms-eval" and res["protocol"]["denominator"] == "non-empty"
+    prompt = next(p for p, _, _ in predictor.seen if "OS-0" in p.user)
+    assert prompt == Prompt(
+        None,
+        "<video>\nQuestion:OS-0 where is the ball?\nOption:\n(A) left\n(B) middle\n"
+        "(C) right\nOnly give the best option.\n",
+        "",
+    )
+
+
+def test_missing_and_corrupt_videos_are_counted_not_scored(tmp_path) -> None:
+    root = tmp_path / "data"
+    (root / "json").mkdir(parents=True)
+    videos = root / "video" / "clevrer" / "video_validation"
+    videos.mkdir(parents=True)
+    write_video(videos / "good.mp4", frames(16), FPS)
+    (videos / "corrupt.mp4").write_bytes(b"\x00\x01not a video" * 50)
+    rows = [
+        {"video": v, "question": f"ME-{i}?", "candidates": ["yes", "no"], "answer": "yes"}
+        for i, v in enumerate(["good.mp4", "missing.mp4", "corrupt.mp4", "good.mp4"])
+    ]
+    (root / "json" / "object_existence.json").write_text(json.dumps(rows))
+    predictor = TablePredictor({"ME-0": "A", "ME-3": "B"})
+    res = evaluate(predictor, "mvbench", root, tmp_path / "out", num_workers=0)
+    stats = res["metrics"]["tasks"]["Object Existence"]
+    assert stats == {
+        "n": 4,
+        "errors": 2,
+        "unparseable": 0,
+        "empty": 0,
+        "excluded": 0,
+        "denominator": 2,
+        "correct": 1,
+        "accuracy": 50.0,
+        "accuracy_all": 50.0,
+    }
+    assert len(predictor.seen) == 2
+    lines = {
+        x["id"]: x for x in map(json.loads, (tmp_path / "out" / "predictions.jsonl").read_text().splitlines())
+    }
+    assert "missing.mp4" in lines["object_existence/1"]["error"]
+    assert "corrupt.mp4" in lines["object_existence/2"]["error"]
+    assert lines["object_existence/2"]["correct"] is None
+    assert (
+        "| Object Existence | 50.00 | 50.00 | 4 | 2 | 2 | 0 | 0 |"
+        in (tmp_path / "out" / "results.md").read_text()
+    )
+
+
+def test_resume_after_crash_does_no_duplicate_work(mvbench_dir, tmp_path) -> None:
+    root, answers = mvbench_dir
+    reference = evaluate(TablePredictor(answers), "mvbench", root, tmp_path / "ref", num_workers=0)
+
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        evaluate(TablePredictor(answers, fail_after=4), "mvbench", root, out, batch_size=2, num_workers=2)
+    shard = out / "predictions.rank0-of1.jsonl"
+    assert len(shard.read_text().splitlines()) == 1 + 4  # header + the 4 answered before the crash
+    assert not (out / "results.json").exists()
+
+    second = TablePredictor(answers)
+    res = evaluate(second, "mvbench", root, out, batch_size=2, num_workers=2)
+    assert len(second.seen) == 11 - 4
+    assert res["metrics"] == reference["metrics"]
+    assert (out / "predictions.jsonl").read_text() == (tmp_path / "ref" / "predictions.jsonl").read_text()
+
+    # A torn last line (killed mid-write) is dropped and only that sample is redone.
+    text = shard.read_text()
+    shard.write_text(text[: len(text) - 20])
+    third = TablePredictor(answers)
+    res = evaluate(third, "mvbench", root, out, num_workers=0)
+    assert len(third.seen) == 1 and res["metrics"] == reference["metrics"]
+
+    # A rerun with a different protocol is refused rather than mixed into the same files.
+    with pytest.raises(EvalError, match="different run"):
+        evaluate(TablePredictor(answers), "mvbench", root, out, protocol="lmms-eval", num_workers=0)
+
+
+def test_shards_merge_to_the_single_process_result(mvbench_dir, tmp_path, monkeypatch) -> None:
+    root, answers = mvbench_dir
+    single = evaluate(TablePredictor(answers), "mvbench", root, tmp_path / "single", num_workers=0)
+
+    out = tmp_path / "sharded"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    first = evaluate(TablePredictor(answers), "mvbench", root, out, num_workers=0)
+    assert first == {"status": "partial", "rank": 0, "world_size": 2, "incomplete_shards": [1]}
+    monkeypatch.setenv("RANK", "1")
+    p1 = TablePredictor(answers)
+    res = evaluate(p1, "mvbench", root, out, num_workers=0)
+    assert len(p1.seen) == 5  # strided shard: 11 samples -> 6 + 5
+
+    assert res["metrics"] == single["metrics"] and res["world_size"] == 2
+    assert (out / "predictions.jsonl").read_text() == (tmp_path / "single" / "predictions.jsonl").read_text()
+    ids = [
+        json.loads(x)["id"]
+        for r in (0, 1)
+        for x in (out / f"predictions.rank{r}-of2.jsonl").read_text().splitlines()[1:]
+    ]
+    assert sorted(ids) == sorted(
+        json.loads(x)["id"] for x in (out / "predictions.jsonl").read_text().splitlines()
+    )
+
+    # An explicit merge step after all ranks gives the same numbers.
+    (out / "results.json").unlink()
+    assert merge("mvbench", root, out)["metrics"] == single["metrics"]
+
+
+def test_synthetic_layout_uses_the_same_path(tmp_path) -> None:
+    test = tmp_path / "syn" / "test"
+    (test / "videos" / "count").mkdir(parents=True)
+    write_video(test / "videos" / "count" / "0.mp4", frames(12), FPS)
+    for task in ("count", "order"):
+        rows = [
+            {
+                "video": "videos/count/0.mp4",
+                "question": f"{task}-{i}?",
+                "candidates": ["first", "second"],
+                "answer": "second" if task == "count" else "first",
+            }
+            for i in range(2)
+        ]
+        (test / f"{task}.json").write_text(json.dumps(rows))
+    predictor = TablePredictor({"count-0": "B", "count-1": "A", "order-0": "(A) first", "order-1": "A"})
+    res = evaluate(predictor, "synthetic", tmp_path / "syn", tmp_path / "out", num_frames=4, num_workers=0)
+    assert res["protocol"]["name"] == "official" and res["protocol"]["sampling"] == "middle"
+    assert {k: v["accuracy"] for k, v in res["metrics"]["tasks"].items()} == {"count": 50.0, "order": 100.0}
+    assert res["metrics"]["average"] == 75.0 and res["num_frames"] == 4
+    assert predictor.seen[0][1] == (4, 32, 32, 3)
+
+
+def test_limit_takes_first_rows_per_task(mvbench_dir) -> None:
+    root, _ = mvbench_dir
+    bench = load_benchmark("mvbench", root, limit=2)
+    assert [s.id for s in bench.samples] == [
+        "action_sequence/0",
+        "action_sequence/1",
+        "object_shuffle/0",
+        "object_shuffle/1",
+        "episodic_reasoning/0",
+        "episodic_reasoning/1",
+    ]
+
+
+def test_bad_annotation_is_a_clear_error(tmp_path) -> None:
+    (tmp_path / "json").mkdir()
+    (tmp_path / "json" / "action_count.json").write_text(
+        json.dumps([{"video": "x.mp4", "question": "q", "candidates": ["1", "2"], "answer": "3"}])
+    )
+    with pytest.raises(EvalError, match=r"action_count.json\[0\].*not one of the candidates"):
+        load_benchmark("mvbench", tmp_path)
+
+
+# ---------------------------------------------------------------- Video-MME
+
+SRT = """1
+00:00:00,000 --> 00:00:01,000
+<font color="white" size=".72c">hello there</font>
+
+2
+00:00:01,500 --> 00:00:02,000
+<font color="white" size=".72c">in the middle</font>
+
+3
+00:00:10,000 --> 00:00:12,000
+<font color="white" size=".72c">much later</font>
+"""
+
+
+def make_videomme(root: Path) -> dict[str, str]:
+    (root / "data").mkdir(parents=True)
+    (root / "subtitle").mkdir()
+    write_video(root / "data" / "fFjv93ACGo8.mp4", frames(3 * FPS), FPS)
+    write_video(root / "data" / "JNmOsdx0ZGE.mp4", frames(2 * FPS), FPS)
+    (root / "subtitle" / "fFjv93ACGo8.srt").write_text(SRT)
+    opts = ["A. red", "B. green", "C. blue", "D. black"]
+    spec = [  # (video_id, videoID, duration, domain, task_type, answer, reply)
+        ("001", "fFjv93ACGo8", "short", "Knowledge", "OCR Problems", "A", "A"),
+        ("001", "fFjv93ACGo8", "short", "Knowledge", "Counting Problem", "B", "The best answer is B."),
+        ("001", "fFjv93ACGo8", "short", "Knowledge", "OCR Problems", "C", "D"),
+        ("002", "JNmOsdx0ZGE", "medium", "Sports Competition", "Counting Problem", "D", "black"),
+        ("002", "JNmOsdx0ZGE", "medium", "Sports Competition", "OCR Problems", "A", "no idea"),
+    ]
+    rows, answers = [], {}
+    for k, (vid, yt, dur, dom, tt, ans, reply) in enumerate(spec):
+        q = f"MME-{k} what colour is it?"
+        rows.append(
+            {
+                "video_id": vid,
+                "duration": dur,
+                "domain": dom,
+                "sub_category": "Other",
+                "url": "",
+                "videoID": yt,
+                "question_id": f"{vid}-{k}",
+                "task_type": tt,
+                "question": q,
+                "options": opts,
+                "answer": ans,
+            }
+        )
+        answers[q] = reply
+    (root / "videomme.json").write_text(json.dumps(rows))
+    return answers
+
+
+def test_videomme_groups_and_subtitles(tmp_path) -> None:
+    answers = make_videomme(tmp_path / "mme")
+    predictor = TablePredictor(answers)
+    res = evaluate(
+        predictor, "videomme", tmp_path / "mme", tmp_path / "out", num_frames=4, num_workers=0, subtitles=True
+    )
+    m = res["metrics"]
+    assert m["overall"]["accuracy"] == pytest.approx(60.0) and m["overall"]["unparseable"] == 1
+    groups = {f: {k: v["accuracy"] for k, v in g.items()} for f, g in m["groups"].items()}
+    assert groups["duration"] == {"medium": 50.0, "short": pytest.approx(200 / 3)}
+    assert groups["domain"] == {"Knowledge": pytest.approx(200 / 3), "Sports Competition": 50.0}
+    assert groups["task_type"] == {"Counting Problem": 100.0, "OCR Problems": pytest.approx(100 / 3)}
+    assert res["protocol"]["subtitles"] and res["subtitle_mode"] == "frames"
+
+    by_q = {p.user.split("\n")[-6]: p for p, _, _ in predictor.seen}
+    # 4 frames of a 3 s video at segment middles: t = 0.375, 1.125, 1.875, 2.625 s -> cues 1 and 2.
+    p0 = by_q["MME-0 what colour is it?"]
+    assert p0.user == (
+        "<video>\nThis video's subtitles are listed below:\nhello there\nin the middle\n"
+        "Select the best answer to the following multiple-choice question based on the video and the subtitles. "
+        "Respond with only the letter (A, B, C, or D) of the correct option.\nMME-0 what colour is it?\n"
+        "A. red\nB. green\nC. blue\nD. black\nThe best answer is:"
+    )
+    assert "No subtitles available" in by_q["MME-3 what colour is it?"].user
+
+
+def test_videomme_without_subtitles_prompt(tmp_path) -> None:
+    answers = make_videomme(tmp_path / "mme")
+    predictor = TablePredictor(answers)
+    res = evaluate(predictor, "videomme", tmp_path / "mme", tmp_path / "out", num_frames=4, num_workers=0)
+    assert res["metrics"]["overall"]["accuracy"] == pytest.approx(60.0)
+    user = predictor.seen[0][0].user
+    assert user.startswith(
+        "<video>\nSelect the best answer to the following multiple-choice question based "
+        "on the video. Respond"
+    )
+    assert "subtitles" not in user and user.endswith("D. black\nThe best answer is:")
+
+
+def test_srt_parsing_and_selection() -> None:
+    lines = parse_srt(SRT)
+    assert [(ln.start, ln.end, ln.text) for ln in lines] == [
+        (0.0, 1.0, "hello there"),
+        (1.5, 2.0, "in the middle"),
+        (10.0, 12.0, "much later"),
+    ]
+    assert select_subtitles(lines, [0.999, 1.0, 2.0]) == ["hello there"]  # end is exclusive
+    assert select_subtitles(lines, [1.5, 11.0]) == ["in the middle", "much later"]
+    assert select_subtitles(lines, [], mode="all") == ["hello there", "in the middle", "much later"]
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_eval_runs_model_predictor(mvbench_dir, tmp_path, monkeypatch, capsys) -> None:
+    from tcllava.cli import main
+
+    root, answers = mvbench_dir
+    made = {}
+
+    class FakeModelPredictor(TablePredictor):
+        @classmethod
+        def from_pretrained(cls, model_dir, device=None, dtype=None, **gen_kwargs):
+            made.update(model_dir=model_dir, device=device, dtype=dtype, **gen_kwargs)
+            return cls(answers)
+
+    module = types.ModuleType("tcllava.eval.model_predictor")
+    module.ModelPredictor = FakeModelPredictor
+    monkeypatch.setitem(sys.modules, "tcllava.eval.model_predictor", module)
+    code = main(
+        [
+            "eval",
+            "mvbench",
+            "--model",
+            "/models/x",
+            "--data",
+            str(root),
+            "--out",
+            str(tmp_path),
+            "--num-workers",
+            "0",
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--device",
+            "cpu",
+            "--sampling",
+            "uniform",
+        ]
+    )
+    assert code == 0
+    assert made == {"model_dir": "/models/x", "device": "cpu", "dtype": None, "max_new_tokens": 8}
+    out = capsys.readouterr().out
+    assert "mvbench (official): average" in out
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["limit"] == 2 and saved["metrics"]["overall"]["n"] == 6
+    assert saved["protocol"]["sampling"] == "uniform" and saved["protocol"]["name"] == "official"
+
+    assert main(["eval", "mvbench", "--data", str(root), "--out", str(tmp_path / "x"), "--subtitles"]) == 2
