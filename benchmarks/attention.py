@@ -5,7 +5,7 @@
 
 Sequences are videos of 144-token frames between text (16 to 112 frames), 8 heads of 64, fp32, batch 1,
 mask frame_block_causal. Each (kernel, length) runs in a fresh subprocess so that its peak resident memory
-can be read without interference; peak memory is the growth of the high-water mark over the inputs.
+can be read without interference; peak memory is the growth of resident memory over the inputs.
 Writes benchmarks/results/attention.json and attention.md; ratios are to causal SDPA in the same run.
 """
 
@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from peak_memory import PeakMemory
 
 RESULTS = Path(__file__).parent / "results"
 TOKENS_PER_FRAME, HEADS, HEAD_DIM, TEXT = 144, 8, 64, 64
@@ -35,10 +36,6 @@ EAGER_MAX_LENGTH = 8192
 
 def frames_for(length: int) -> int:
     return max(1, round((length - 2 * TEXT) / TOKENS_PER_FRAME))
-
-
-def _max_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure(kernel: str, length: int, repeats: int) -> dict:
@@ -63,21 +60,21 @@ def measure(kernel: str, length: int, repeats: int) -> dict:
         "tcllava_prefix": lambda: attend(q, k, v, layout, kernel="prefix"),
     }[kernel]
     layout.groups  # noqa: B018  (the plan is built once per forward and shared by all layers)
-    base = _max_rss_mib()
     times = []
-    for _ in range(repeats):
-        for t in (q, k, v):
-            t.grad = None
-        start = time.perf_counter()
-        run().backward(grad)
-        times.append(time.perf_counter() - start)
+    with PeakMemory() as memory:
+        for _ in range(repeats):
+            for t in (q, k, v):
+                t.grad = None
+            start = time.perf_counter()
+            run().backward(grad)
+            times.append(time.perf_counter() - start)
     return {
         "kernel": kernel,
         "tokens": tokens,
         "frames": frames,
         "seconds": min(times),
         "seconds_median": statistics.median(times),
-        "peak_mib": _max_rss_mib() - base,
+        "peak_mib": memory.peak_mib,
     }
 
 

@@ -244,3 +244,20 @@ def test_chat_on_a_real_encoded_video_and_cli(tiny, tmp_path, capsys):
     assert code == 0 and answer.split()[0] in out.out and "prefill" in out.err
     assert cli_main(["chat", "--model", str(tiny), "--video", str(tmp_path / "missing.mp4"), "q"]) == 2
     assert "missing.mp4" in capsys.readouterr().err
+
+
+def test_viz_attention_compares_vanilla_and_tc_maps(tiny, tmp_path):
+    from tcllava.viz.maps import attention_map
+
+    video = tmp_path / "clip.mp4"
+    write_video(video, _frames(8, size=48).numpy(), fps=4)
+    out = tmp_path / "attention.png"
+    assert cli_main(["viz", "attention", "--model", str(tiny), "--video", str(video), "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000
+    model, processor = load(tiny)
+    batch = processor(processor.question("what happens first ?"), [_frames(4)])
+    weights = attention_map(model, batch, layer=-1)
+    frame = (batch["frame_ids"][0] == 0).nonzero()[:, 0]
+    assert weights[frame[0], frame[-1]] > 0  # TC: a frame's first token sees its last
+    vanilla, _ = load(tiny, gamma=0.0, attention_mask_kind="causal")
+    assert attention_map(vanilla, batch, layer=-1)[frame[0], frame[-1]] == 0

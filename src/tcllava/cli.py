@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("tcllava.serve.chat_cli", "answer a question about a video"),
     "convert": ("tcllava.model.convert_cli", "convert a llava-hf checkpoint to tcllava"),
     "data": ("tcllava.data.synthetic_cli", "generate datasets (tcllava data synthetic ...)"),
+    "viz": ("tcllava.viz.cli", "plot masks, RoPE positions or a model's attention maps"),
     "eval": ("tcllava.eval.cli", "evaluate a model on mvbench, videomme, synthetic or open-ended QA"),
 }
 

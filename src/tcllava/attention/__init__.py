@@ -8,6 +8,7 @@ from tcllava.attention.hf import (
     TCAttentionConfig,
     enable_tc_attention,
     prepare_tc_inputs,
+    record_attention,
 )
 from tcllava.attention.kernels import KERNELS, attend, choose_kernel
 from tcllava.attention.layout import FrameLayout
@@ -27,6 +28,7 @@ __all__ = [
     "dense_mask",
     "enable_tc_attention",
     "prepare_tc_inputs",
+    "record_attention",
     "rope_positions",
     "temporal_ids",
     "token_positions",

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import inspect
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,7 +26,7 @@ import torch
 from torch import nn
 from transformers import AttentionInterface
 
-from tcllava.attention.kernels import KERNELS, attend
+from tcllava.attention.kernels import KERNELS, attend, attention_weights
 from tcllava.attention.layout import FrameLayout
 from tcllava.attention.masks import check_kind
 from tcllava.attention.positions import TEXT_AFTER_VIDEO_READINGS, rope_positions
@@ -77,7 +79,29 @@ def tc_attention_forward(
             "(model(...) or model.generate(...)), not model.forward, after tcllava.attention.enable_tc_attention"
         )
     out = attend(query, key, value, tc_layout, scale=scaling, kernel=tc_kernel, dropout=dropout)
+    if _recorders:
+        layer = getattr(module, "layer_idx", None)
+        for layers, maps in _recorders:
+            if layers is None or layer in layers:
+                scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+                maps[layer] = attention_weights(query, key, tc_layout, scale).detach().cpu()
     return out.transpose(1, 2).contiguous(), None
+
+
+_recorders: list[tuple[set[int] | None, dict[int, torch.Tensor]]] = []
+
+
+@contextmanager
+def record_attention(layers: set[int] | None = None) -> Iterator[dict[int, torch.Tensor]]:
+    """Collect the attention weights [B, H, Q, T] of TC-attention layers run inside the block (all
+    layers, or those in ``layers``), computed densely: meant for plots and analysis of short prompts."""
+    maps: dict[int, torch.Tensor] = {}
+    entry = (layers, maps)
+    _recorders.append(entry)
+    try:
+        yield maps
+    finally:
+        _recorders.remove(entry)
 
 
 AttentionInterface.register(ATTN_IMPLEMENTATION, tc_attention_forward)

@@ -177,14 +177,19 @@ def sdpa_dense_attention(q, k, v, layout: FrameLayout, scale: float, dropout: fl
     )
 
 
-def eager_dense_attention(q, k, v, layout: FrameLayout, scale: float, dropout: float = 0.0) -> torch.Tensor:
-    k, v = _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1])
-    bias = torch.zeros(layout.dense().shape, dtype=q.dtype, device=q.device)
-    bias = bias.masked_fill(~layout.dense().to(q.device), torch.finfo(q.dtype).min)[:, None]
+def attention_weights(q, k, layout: FrameLayout, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) [B, Hq, Q, T]: the textbook weights (for references and plots)."""
+    k = _repeat_kv(k, q.shape[1])
+    allowed = layout.dense().to(q.device)[:, None]
+    scores = (q @ k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     softmax_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    weights = torch.softmax((q @ k.transpose(-1, -2)) * scale + bias, dim=-1, dtype=softmax_dtype).to(q.dtype)
-    weights = F.dropout(weights, p=dropout, training=dropout > 0)
-    return weights @ v
+    return torch.softmax(scores, dim=-1, dtype=softmax_dtype).to(q.dtype)
+
+
+def eager_dense_attention(q, k, v, layout: FrameLayout, scale: float, dropout: float = 0.0) -> torch.Tensor:
+    weights = F.dropout(attention_weights(q, k, layout, scale), p=dropout, training=dropout > 0)
+    return weights @ _repeat_kv(v, q.shape[1])
 
 
 def _decode_attention(q, k, v, layout: FrameLayout, scale: float) -> torch.Tensor:
