@@ -219,14 +219,14 @@ def load_mvbench(data_dir: str | Path, limit: int | None = None) -> Benchmark:
     )
 
 
-def load_synthetic(data_dir: str | Path, limit: int | None = None) -> Benchmark:
-    """The demo benchmark: the same MVBench code path with a task table built from `DIR/test/*.json`."""
+def load_synthetic(data_dir: str | Path, limit: int | None = None, split: str = "test") -> Benchmark:
+    """The demo benchmark: the same MVBench code path with a task table built from `DIR/{split}/*.json`."""
     root = Path(data_dir)
-    test = root / "test"
-    table = {p.stem: (p.name, (), "video", None) for p in sorted(test.glob("*.json"))}
+    folder = root / split
+    table = {p.stem: (p.name, (), "video", None) for p in sorted(folder.glob("*.json"))}
     if not table:
-        raise FileNotFoundError(f"no synthetic tasks: {test}/*.json not found")
-    return load_mvbench_layout(root, table, [test], [test], "synthetic", limit)
+        raise FileNotFoundError(f"no synthetic tasks: {folder}/*.json not found")
+    return load_mvbench_layout(root, table, [folder], [folder], "synthetic", limit)
 
 
 _OPTION_LETTER = re.compile(r"^\s*\(?([A-Z])[.):]\s*")
