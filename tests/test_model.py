@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -39,8 +40,23 @@ def _frames(count: int, seed: int = 0, size: int = 40) -> torch.Tensor:
     return torch.randint(0, 256, (count, size, size + 8, 3), dtype=torch.uint8, generator=g)
 
 
-def test_llava_15_logits_equal_transformers_with_vanilla_settings(checkpoints):
+def hub_layout(path, tmp_path):
+    """The same checkpoint with the key names of the published llava-hf repositories."""
+    state = load_file(str(path / "model.safetensors"))
+    renamed = {re.sub(r"^vision_tower\.", "vision_tower.vision_model.", k): v for k, v in state.items()}
+    assert any(k.startswith("vision_tower.vision_model.encoder.layers.") for k in renamed)
+    for name in path.iterdir():
+        if name.suffix != ".safetensors":
+            (tmp_path / name.name).write_bytes(name.read_bytes())
+    save_file(renamed, str(tmp_path / "model.safetensors"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("layout", ["transformers5", "hub"])
+def test_llava_15_logits_equal_transformers_with_vanilla_settings(checkpoints, layout, tmp_path):
     path, hf = checkpoints["llava"]
+    if layout == "hub":
+        path = hub_layout(path, tmp_path)
     ours = load_model(path, pool_shape=(0, GRID, GRID), **VANILLA)
     image_id = hf.config.image_token_index
     ids = torch.tensor(
@@ -78,7 +94,7 @@ def test_llava_next_video_logits_equal_transformers_where_pooling_matches(checkp
 @pytest.mark.parametrize("kind", ["llava_next", "llava_onevision"])
 def test_every_weight_of_other_layouts_is_mapped(checkpoints, kind):
     path, hf = checkpoints[kind]
-    ours = load_model(path, **VANILLA)
+    ours = TCLlavaForConditionalGeneration.from_pretrained(path, **VANILLA)
     state = hf.state_dict()
     mine = ours.state_dict()
     assert torch.equal(
@@ -223,12 +239,16 @@ def test_every_trainable_parameter_gets_a_gradient_and_a_frozen_tower_none(tiny,
     ]
     batch = processor([conversation], [[_frames(4)]], add_generation_prompt=False, padding_side="right")
     model(**batch).loss.backward()
+    # Features come from the tower's penultimate layer: its last layer and post-norm are off the path.
+    last = model.config.vision_config.num_hidden_layers - 1
+    off_path = re.compile(rf"^vision_tower\.(vision_model\.)?(encoder\.layers\.{last}\.|post_layernorm)")
     for name, p in model.named_parameters():
         if name.startswith("vision_tower") and freeze:
             assert not p.requires_grad and p.grad is None, name
-        elif p.requires_grad and "post_layernorm" not in name and "layers.1." not in name:
-            # The tower's last layer and post-norm are not on the path of the penultimate-layer features.
+        elif p.requires_grad and not off_path.match(name):
             assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None, name
 
 
 def test_chat_on_a_real_encoded_video_and_cli(tiny, tmp_path, capsys):

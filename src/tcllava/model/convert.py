@@ -1,9 +1,10 @@
 """Load published llava-hf checkpoints (LLaVA-1.5, LLaVA-NeXT, LLaVA-NeXT-Video, LLaVA-OneVision) from disk.
 
 Every source weight is either mapped to a tcllava weight of the same shape or dropped for a stated
-reason; anything unknown, missing or of the wrong shape is an error listing the keys. Both the layout
-transformers 5 writes (``model.language_model.*``, ``lm_head.*``) and the older hub layout
-(``language_model.model.*``) are understood.
+reason; anything unknown, missing or of the wrong shape is an error listing the keys. The layout of the
+published hub checkpoints (``vision_tower.vision_model.*``, ``language_model.model.*``,
+``language_model.lm_head.*``, ``multi_modal_projector.*``) and the variants transformers 5 writes
+(``vision_tower.*``, ``model.language_model.*``, ``lm_head.*``) are all understood.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ SUPPORTED = ("llava", "llava_next", "llava_next_video", "llava_onevision")
 
 # (pattern, replacement); replacement None drops the weight (the reason is in the comment).
 KEY_RULES: list[tuple[str, str | None]] = [
-    (r"^(?:model\.)?vision_tower\.(.+)$", r"vision_tower.\1"),
+    # Hub checkpoints keep the tower's own "vision_model." level; transformers 5 drops it.
+    (r"^(?:model\.)?vision_tower\.(?:vision_model\.)?(.+)$", r"vision_tower.\1"),
     (r"^(?:model\.)?multi_modal_projector\.(.+)$", r"multi_modal_projector.\1"),
     (r"^model\.language_model\.(.+)$", r"language_model.model.\1"),
     (r"^language_model\.model\.(.+)$", r"language_model.model.\1"),

@@ -9,6 +9,7 @@ whole sequence at every call, so generation needs no state beyond the padding ma
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,20 @@ class TCLlavaForConditionalGeneration(TCLlavaPreTrainedModel, GenerationMixin):
         self.language_model.set_attn_implementation(ATTN_IMPLEMENTATION)
         if config.freeze_vision_tower:
             self.vision_tower.requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Also takes a llava-hf directory (LLaVA-1.5, -NeXT, -NeXT-Video, -OneVision): weights are mapped
+        strictly (:mod:`tcllava.model.convert`), other keyword arguments become config overrides."""
+        from tcllava.model.convert import SUPPORTED, load_llava_hf, read_config
+
+        path = Path(str(pretrained_model_name_or_path))
+        if (path / "config.json").is_file() and read_config(path).get("model_type") in SUPPORTED:
+            if args:
+                raise ValueError("a llava-hf directory takes keyword config overrides only")
+            dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+            return load_llava_hf(path, dtype=dtype, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     # -- embeddings plumbing expected by transformers (resize_token_embeddings, peft, generation) --
     def get_input_embeddings(self) -> nn.Module:
