@@ -25,7 +25,24 @@ from tcllava.model.factory import build_image_processor, build_word_tokenizer
 
 IMAGE_SIZE, PATCH = 28, 7  # a 4 x 4 patch grid
 GRID = IMAGE_SIZE // PATCH
-WORDS = ["describe", "the", "video", "what", "happens", "first", "then", "red", "green", "blue", "ball", "cup", "left", "right", "yes", "no"]
+WORDS = [
+    "describe",
+    "the",
+    "video",
+    "what",
+    "happens",
+    "first",
+    "then",
+    "red",
+    "green",
+    "blue",
+    "ball",
+    "cup",
+    "left",
+    "right",
+    "yes",
+    "no",
+]
 
 
 def tokenizer():
@@ -125,3 +142,35 @@ def build(kind: str, path: Path, seed: int = 0):
     tok.save_pretrained(path)
     build_image_processor(IMAGE_SIZE).save_pretrained(path)
     return model
+
+
+def save_tiny_tcllava(
+    path: Path, tok=None, pool_shape=(3, 2, 2), num_frames: int = 4, seed: int = 0, edit=None
+) -> Path:
+    """A small tcllava checkpoint made from scratch (TC attention on), saved with its processor.
+
+    ``edit(model, tokenizer)`` may change weights before saving (e.g. to steer the output head)."""
+    from tcllava.model import TCLlavaForConditionalGeneration, TCLlavaProcessor
+    from tcllava.model.factory import tiny_config
+
+    tok = tok or tokenizer()
+    config = tiny_config(
+        len(tok),
+        tok.convert_tokens_to_ids("<image>"),
+        image_size=32,
+        patch_size=8,
+        text_layers=2,
+        text_hidden=64,
+        heads=2,
+        pool_shape=pool_shape,
+        chat_template="plain",
+        gamma=1.0,
+    )
+    torch.manual_seed(seed)
+    model = TCLlavaForConditionalGeneration(config).eval()
+    if edit is not None:
+        with torch.no_grad():
+            edit(model, tok)
+    model.save_pretrained(path)
+    TCLlavaProcessor(tok, build_image_processor(32), config, num_frames=num_frames).save_pretrained(path)
+    return path

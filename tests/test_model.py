@@ -10,18 +10,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel
 
-from hf_checkpoints import GRID, IMAGE_SIZE, build, tokenizer
+from hf_checkpoints import GRID, IMAGE_SIZE, build, save_tiny_tcllava
 from tcllava.cli import main as cli_main
 from tcllava.model import (
     CheckpointError,
     SampleTooLong,
     TCLlavaConfig,
     TCLlavaForConditionalGeneration,
-    TCLlavaProcessor,
     load,
     load_model,
 )
-from tcllava.model.factory import build_image_processor, tiny_config
 from tcllava.model.processing import IGNORE_INDEX
 from tcllava.video import write_video
 
@@ -142,26 +140,7 @@ def test_convert_cli_writes_a_loadable_tcllava_checkpoint(checkpoints, tmp_path)
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A small tcllava checkpoint made from scratch (TC on), saved with its processor."""
-    tok = tokenizer()
-    config = tiny_config(
-        len(tok),
-        tok.convert_tokens_to_ids("<image>"),
-        image_size=32,
-        patch_size=8,
-        text_layers=2,
-        text_hidden=64,
-        heads=2,
-        pool_shape=(3, 2, 2),
-        chat_template="plain",
-        gamma=1.0,
-    )
-    torch.manual_seed(0)
-    model = TCLlavaForConditionalGeneration(config).eval()
-    path = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(path)
-    TCLlavaProcessor(tok, build_image_processor(32), config, num_frames=4).save_pretrained(path)
-    return path
+    return save_tiny_tcllava(tmp_path_factory.mktemp("tiny"))
 
 
 def test_save_load_round_trip_is_exact(tiny, tmp_path):
