@@ -4,8 +4,9 @@
     python benchmarks/prefill.py --frames 8
 
 Both models share one random checkpoint (written once with save_pretrained in the llava-hf layout and
-loaded by each side), the same input ids and pixels. Each case runs in its own subprocess so that peak
-resident memory (growth of the high-water mark over the loaded model and inputs) is its own. Writes
+loaded by each side), the same input ids and pixels. Times: all cases in one process, interleaved
+round-robin, best of --repeats. Peak memory: each case alone in a fresh process (resident growth over the
+loaded model and inputs). Writes
 benchmarks/results/prefill.json and prefill.md; ratios are to the vanilla transformers model.
 """
 
@@ -70,20 +71,18 @@ def write_checkpoint(path: Path) -> None:
     LlavaNextVideoForConditionalGeneration(config).save_pretrained(path)
 
 
-def measure(case: str, path: Path, frames: int, new_tokens: int, repeats: int) -> dict:
+def build(case: str, path: Path, frames: int):
+    """(model, inputs, prompt length) for one case; all cases share the checkpoint, ids and pixels."""
     import torch
     from transformers import LlavaNextVideoForConditionalGeneration
 
     from tcllava.model import load_model
 
-    torch.manual_seed(0)
     if case == "hf_llava_next_video":
         model = LlavaNextVideoForConditionalGeneration.from_pretrained(
             path, attn_implementation="sdpa"
         ).eval()
-        video_kw = "pixel_values_videos"
-        tokens_per_frame = (224 // 14 // 2) ** 2
-        video_id = model.config.video_token_index
+        tokens_per_frame, video_id = (224 // 14 // 2) ** 2, model.config.video_token_index
     else:
         tc = (
             {"gamma": 1.0, "attention_mask_kind": "frame_block_causal"}
@@ -91,42 +90,74 @@ def measure(case: str, path: Path, frames: int, new_tokens: int, repeats: int) -
             else {"gamma": 0.0, "attention_mask_kind": "causal"}
         )
         model = load_model(path, **tc)
-        video_kw = "pixel_values_videos"
-        tokens_per_frame = model.config.tokens_per_frame
-        video_id = model.config.media_token_id
+        tokens_per_frame, video_id = model.config.tokens_per_frame, model.config.media_token_id
     prompt = (
         [1, 319, 13563, 1546]
         + [video_id] * (frames * tokens_per_frame)
         + [1724, 338, 5199, 29973, 319, 29901]
     )
-    input_ids = torch.tensor([prompt])
     pixels = torch.randn(1, frames, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    kwargs = {"input_ids": input_ids, video_kw: pixels}
-    prefill, one, many = [], [], []
-    with torch.inference_mode(), PeakMemory() as memory:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(**kwargs, logits_to_keep=1)
-            prefill.append(time.perf_counter() - start)
-        # Decode speed = the extra time of N new tokens over 1 new token (both include the prefill).
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model.generate(**kwargs, max_new_tokens=1, do_sample=False)
-            one.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            out = model.generate(
-                **kwargs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
-            )
-            many.append(time.perf_counter() - start)
+    return model, {"input_ids": torch.tensor([prompt]), "pixel_values_videos": pixels}, len(prompt)
+
+
+def measure_times(path: Path, frames: int, new_tokens: int, repeats: int) -> dict:
+    """All cases in one process, interleaved round-robin so that machine noise hits each alike.
+    Decode speed = the extra time of N new tokens over 1 new token (both include the prefill)."""
+    import torch
+
+    cases = {case: build(case, path, frames) for case in CASES}
+    prefill = {c: [] for c in cases}
+    one = {c: [] for c in cases}
+    many = {c: [] for c in cases}
+    generated = {}
+    with torch.inference_mode():
+        for round_ in range(repeats + 1):  # round 0 warms up and is not counted
+            for case, (model, inputs, _) in cases.items():
+                start = time.perf_counter()
+                model(**inputs, logits_to_keep=1)
+                t_prefill = time.perf_counter() - start
+                start = time.perf_counter()
+                model.generate(**inputs, max_new_tokens=1, do_sample=False)
+                t_one = time.perf_counter() - start
+                start = time.perf_counter()
+                out = model.generate(
+                    **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
+                )
+                t_many = time.perf_counter() - start
+                if round_:
+                    prefill[case].append(t_prefill)
+                    one[case].append(t_one)
+                    many[case].append(t_many)
+                generated[case] = out[0, cases[case][2] :].tolist()
     return {
-        "case": case,
-        "frames": frames,
-        "prompt_tokens": len(prompt),
-        "prefill_seconds": min(prefill),
-        "decode_tokens_per_second": (new_tokens - 1) / max(min(many) - min(one), 1e-9),
-        "peak_mib": memory.peak_mib,
-        "generated": out[0, len(prompt) :].tolist(),
+        case: {
+            "case": case,
+            "frames": frames,
+            "prompt_tokens": cases[case][2],
+            "prefill_seconds": min(prefill[case]),
+            "decode_tokens_per_second": (new_tokens - 1) / max(min(many[case]) - min(one[case]), 1e-9),
+            "generated": generated[case],
+        }
+        for case in cases
     }
+
+
+def measure_memory(case: str, path: Path, frames: int, new_tokens: int) -> float:
+    """Peak resident growth of one prefill + generation, alone in a fresh process."""
+    import torch
+
+    model, inputs, _ = build(case, path, frames)
+    with torch.inference_mode(), PeakMemory() as memory:
+        model(**inputs, logits_to_keep=1)
+        model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
+    return memory.peak_mib
+
+
+def _child(*args: str) -> dict | float:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True
+    )
+    return json.loads(out.stdout.splitlines()[-1])
 
 
 def main() -> int:
@@ -135,38 +166,33 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--child", nargs=2, metavar=("CASE", "CHECKPOINT"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, metavar=("WHAT", "CHECKPOINT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = measure(args.child[0], Path(args.child[1]), args.frames, args.new_tokens, args.repeats)
-        print(json.dumps(result))
+        what, path = args.child[0], Path(args.child[1])
+        if what == "times":
+            print(json.dumps(measure_times(path, args.frames, args.new_tokens, args.repeats)))
+        else:
+            print(json.dumps(measure_memory(what, path, args.frames, args.new_tokens)))
         return 0
-    rows = []
+    common = [
+        "--frames",
+        str(args.frames),
+        "--new-tokens",
+        str(args.new_tokens),
+        "--repeats",
+        str(args.repeats),
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         write_checkpoint(Path(tmp))
+        timing = _child("times", tmp, *common)
+        rows = []
         for case in CASES:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--child",
-                case,
-                tmp,
-                "--frames",
-                str(args.frames),
-                "--new-tokens",
-                str(args.new_tokens),
-                "--repeats",
-                str(args.repeats),
-            ]
-            rows.append(
-                json.loads(
-                    subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
-                )
-            )
-            r = rows[-1]
+            row = dict(timing[case], peak_mib=_child(case, tmp, *common))
+            rows.append(row)
             print(
-                f"{case:<22} prefill {r['prefill_seconds']:.3f} s  decode {r['decode_tokens_per_second']:.1f} tok/s  "
-                f"peak {r['peak_mib']:.0f} MiB",
+                f"{case:<22} prefill {row['prefill_seconds']:.3f} s  decode {row['decode_tokens_per_second']:.1f} tok/s  "
+                f"peak {row['peak_mib']:.0f} MiB",
                 flush=True,
             )
     floor = rows[0]
