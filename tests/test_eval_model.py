@@ -41,26 +41,26 @@ ROWS = [  # (question, candidates, index of the answer)
     ("which cup moved ?", ["green", "blue"], 1),
     ("what colour was the cup last ?", ["red", "green", "blue"], 2),
 ]
-# The output layer reaches only these words, in +/- pairs so one of them always wins: the untrained
-# model then answers with option words, some parseable, and the scores are not all zero.
-HEAD_WORDS = [("red", "the"), ("green", "cup"), ("blue", "ball")]
+# The output layer reaches only "A", "B" and ")" (every other logit is 0, and their logits sum
+# to 0): the untrained model answers with letters and ")", some parseable ("A)A"), some not ("ABA").
+HEAD_WORDS = ["A", "B", ")"]
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     texts = [
         MVBENCH_SYSTEM,
-        "USER: ASSISTANT: Question: Options: (A) Only give the best option. Best option:(",
+        "USER: ASSISTANT: Question: Options: (A) (B) (C) Only give the best option. Best option:(",
     ]
     tok = build_word_tokenizer(texts + [q + " " + " ".join(c) for q, c, _ in ROWS], extra_tokens=["<video>"])
 
     def steer_head(model, tok) -> None:
         head = model.language_model.lm_head.weight
         directions = torch.randn(len(HEAD_WORDS), head.shape[1]) * 5
+        directions[-1] = -directions[:-1].sum(0)  # the letter logits sum to 0: one is always above 0
         head.zero_()
-        for (plus, minus), direction in zip(HEAD_WORDS, directions, strict=True):
-            head[tok.convert_tokens_to_ids(plus)] = direction
-            head[tok.convert_tokens_to_ids(minus)] = -direction
+        for word, direction in zip(HEAD_WORDS, directions, strict=True):
+            head[tok.convert_tokens_to_ids(word)] = direction
 
     path = tmp_path_factory.mktemp("tiny_mvbench_model")
     return save_tiny_tcllava(path, tok, pool_shape=(0, 2, 2), num_frames=FRAMES, seed=5, edit=steer_head)

@@ -12,11 +12,17 @@ import sys
 
 # name -> (module, one-line help). Modules are imported lazily so `tcllava --help` stays instant.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": (
+        "tcllava.recipes.demo_cli",
+        "train and compare TC-LLaVA and vanilla LLaVA on the synthetic benchmark",
+    ),
+    "ablate": ("tcllava.recipes.ablate_cli", "run the mask / gamma / temporal-id ablation grid"),
     "chat": ("tcllava.serve.chat_cli", "answer a question about a video"),
     "convert": ("tcllava.model.convert_cli", "convert a llava-hf checkpoint to tcllava"),
     "data": ("tcllava.data.synthetic_cli", "generate datasets (tcllava data synthetic ...)"),
     "viz": ("tcllava.viz.cli", "plot masks, RoPE positions or a model's attention maps"),
     "eval": ("tcllava.eval.cli", "evaluate a model on mvbench, videomme, synthetic or open-ended QA"),
+    "train": ("tcllava.train.cli", "supervised fine-tuning from a YAML recipe"),
 }
 
 

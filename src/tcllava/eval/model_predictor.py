@@ -46,7 +46,9 @@ class ModelPredictor:
     def describe(self) -> dict[str, Any]:
         config = self.model.config.to_dict()
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
-        settings = {k: v for k, v in self.generate_kwargs.items() if k not in ("eos_token_id", "pad_token_id")}
+        settings = {
+            k: v for k, v in self.generate_kwargs.items() if k not in ("eos_token_id", "pad_token_id")
+        }
         return {
             "model": self.name,
             "config_sha256": digest,
@@ -59,7 +61,9 @@ class ModelPredictor:
     def generate(self, clips: list[Clip], prompts: list[Prompt]) -> list[str]:
         encoded = []
         for clip, prompt in zip(clips, prompts, strict=True):
-            messages = ([Message("system", prompt.system)] if prompt.system else []) + [Message("user", prompt.user)]
+            messages = ([Message("system", prompt.system)] if prompt.system else []) + [
+                Message("user", prompt.user)
+            ]
             pieces = self.processor.render(messages, answer_prefix=prompt.assistant_prefix)
             encoded.append(self.processor.encode(pieces, [clip.frames]))
         batch = self.processor.collate(encoded, padding_side="left")

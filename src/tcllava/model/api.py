@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ def load_model(
     """A tcllava checkpoint, loaded strictly (every key present, none unknown), or a llava-hf one mapped
     on the fly. ``overrides`` replace config fields (e.g. ``gamma``, ``attention_mask_kind``)."""
     path = Path(path)
+    if (path / ADAPTER_CONFIG).is_file():
+        return load_adapter(path, dtype, **overrides)
     kind = read_config(path).get("model_type")
     if kind in SUPPORTED:
         return load_llava_hf(path, dtype=dtype, **overrides)
@@ -62,7 +65,26 @@ def load_model(
     }
     if problems:
         raise CheckpointError(f"{path}: weights do not match the config: {problems}")
+    model.set_vision_trainable(not config.freeze_vision_tower)  # loading recreates the parameters
     return model.eval()
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def adapter_base(path: Path) -> Path:
+    base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not base or not Path(base).is_dir():
+        raise CheckpointError(f"{path}: LoRA adapter whose base model {base!r} is not a local directory")
+    return Path(base)
+
+
+def load_adapter(path: Path, dtype: torch.dtype, **overrides: Any) -> TCLlavaForConditionalGeneration:
+    """A peft LoRA adapter directory (``save_final: adapter``): its base model with the adapter merged in."""
+    from peft import PeftModel
+
+    model = load_model(adapter_base(path), dtype, **overrides)
+    return PeftModel.from_pretrained(model, path).merge_and_unload().eval()
 
 
 def load(
@@ -74,7 +96,10 @@ def load(
 ) -> tuple[TCLlavaForConditionalGeneration, TCLlavaProcessor]:
     """``model, processor = tcllava.load(path)``; the processor is also attached as ``model.processor``."""
     model = load_model(path, resolve_dtype(dtype, device), **overrides).to(device)
-    processor = TCLlavaProcessor.from_pretrained(path, config=model.config)
+    path = Path(path)
+    has_tokenizer = (path / "tokenizer_config.json").is_file()
+    source = adapter_base(path) if (path / ADAPTER_CONFIG).is_file() and not has_tokenizer else path
+    processor = TCLlavaProcessor.from_pretrained(source, config=model.config)
     if num_frames is not None:
         processor.num_frames = num_frames
     model.processor = processor

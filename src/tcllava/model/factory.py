@@ -6,35 +6,36 @@ checkpoints in published layouts but cannot download any.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import Any
 
 from tcllava.model.config import TCLlavaConfig
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "<|im_start|>", "<|im_end|>"]
-_WORD = re.compile(r"\w+|[^\w\s]")
 
 
 def build_word_tokenizer(texts: Iterable[str], extra_tokens: Iterable[str] = ()):
-    """A fast word-level tokenizer whose vocabulary is every word and punctuation mark in ``texts``.
+    """A fast word-level tokenizer whose vocabulary is every word and punctuation mark in ``texts``, each
+    with and without a leading space (as GPT-2's byte-level BPE marks words).
 
-    Words split on whitespace and punctuation and decode with spaces between them; plenty for the
-    synthetic benchmark's closed vocabulary, and a real ``tokenizer.json`` that saves and loads.
+    A token is a word or punctuation mark with the space before it, or a lone whitespace character, so
+    decoding gives back the text exactly ("Best option:(B) red"), which answer extraction and
+    log-likelihood scoring rely on. Plenty for the synthetic benchmark's closed vocabulary, and a real
+    ``tokenizer.json`` that saves and loads.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = sorted({w for text in texts for w in _WORD.findall(text)} | set(extra_tokens))
+    pre = pre_tokenizers.Split(Regex(r" ?\w+| ?[^\w\s]|\s"), behavior="isolated")
+    bare = {piece.lstrip(" ") for text in texts for piece, _ in pre.pre_tokenize_str(text)} - {""}
+    pieces = bare | {" " + piece for piece in bare if not piece.isspace()} | {" ", "\n"}
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
-    for word in words:
+    for word in sorted(pieces | set(extra_tokens)):
         vocab.setdefault(word, len(vocab))
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
-    )
-    tokenizer.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    fast = PreTrainedTokenizerFast(
+    tokenizer.pre_tokenizer = pre
+    tokenizer.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token="<pad>",
         unk_token="<unk>",
@@ -42,7 +43,6 @@ def build_word_tokenizer(texts: Iterable[str], extra_tokens: Iterable[str] = ())
         eos_token="</s>",
         additional_special_tokens=["<image>", "<|im_start|>", "<|im_end|>"],
     )
-    return fast
 
 
 def build_image_processor(image_size: int):

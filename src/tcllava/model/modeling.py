@@ -62,8 +62,24 @@ class TCLlavaForConditionalGeneration(TCLlavaPreTrainedModel, GenerationMixin):
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
         self.language_model.set_attn_implementation(ATTN_IMPLEMENTATION)
-        if config.freeze_vision_tower:
-            self.vision_tower.requires_grad_(False)
+        self.set_vision_trainable(not config.freeze_vision_tower)
+
+    def set_vision_trainable(self, trainable: bool) -> None:
+        """Train or freeze the vision tower. Its layers after the feature layer (and its final norm or
+        pooling head) never reach the LLM, get no gradient, and stay frozen either way."""
+        self.vision_tower.requires_grad_(trainable)
+        if not trainable:
+            return
+        tower = getattr(self.vision_tower, "vision_model", self.vision_tower)
+        layers = tower.encoder.layers
+        first_unused = self.config.vision_feature_layer % (len(layers) + 1)
+        for module in [
+            *layers[first_unused:],
+            getattr(tower, "post_layernorm", None),
+            getattr(tower, "head", None),
+        ]:
+            if module is not None:
+                module.requires_grad_(False)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):

