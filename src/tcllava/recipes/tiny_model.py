@@ -44,26 +44,40 @@ def build_initial_checkpoint(cfg: Any, data: Path, seed: int, path: Path) -> Pat
     if cfg.llm != "tiny":
         raise ValueError(f"unknown demo llm {cfg.llm!r}; choose tiny or smollm2")
     tokenizer = build_word_tokenizer(corpus(data))
-    config = tiny_config(
+    config = _demo_config(
+        cfg,
+        tokenizer,
+        "plain",
+        text_hidden=cfg.text_hidden,
+        text_layers=cfg.text_layers,
+        heads=max(1, cfg.text_hidden // 32),
+    )
+    torch.manual_seed(seed)
+    return _save(TCLlavaForConditionalGeneration(config), tokenizer, cfg, path)
+
+
+def _demo_config(cfg: Any, tokenizer, chat_template: str, **sizes: Any):
+    """The demo's vision side (from scratch, trained: no pretrained tower exists offline) and pooling."""
+    return tiny_config(
         len(tokenizer),
         tokenizer.convert_tokens_to_ids("<image>"),
         image_size=cfg.size,
         patch_size=cfg.size // 8,
         vision_hidden=cfg.vision_hidden,
-        text_hidden=cfg.text_hidden,
-        text_layers=cfg.text_layers,
-        heads=max(1, cfg.text_hidden // 32),
         pool_shape=(0, cfg.pool, cfg.pool),
-        chat_template="plain",
-        freeze_vision_tower=False,  # no pretrained tower exists offline: it learns with the rest
+        chat_template=chat_template,
+        freeze_vision_tower=False,
+        **sizes,
     )
-    torch.manual_seed(seed)
-    model = TCLlavaForConditionalGeneration(config)
+
+
+def _save(model: TCLlavaForConditionalGeneration, tokenizer, cfg: Any, path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
-    TCLlavaProcessor(
-        tokenizer, build_image_processor(cfg.size), config, num_frames=cfg.frames
-    ).save_pretrained(path)
+    processor = TCLlavaProcessor(
+        tokenizer, build_image_processor(cfg.size), model.config, num_frames=cfg.frames
+    )
+    processor.save_pretrained(path)
     return path
 
 
@@ -91,16 +105,7 @@ def build_smollm2_checkpoint(cfg: Any, seed: int, path: Path) -> Path:
     text = llm.config.to_dict()
     text.pop("quantization_config", None)
     text["vocab_size"] = len(tokenizer)
-    config = tiny_config(
-        len(tokenizer),
-        tokenizer.convert_tokens_to_ids("<image>"),
-        image_size=cfg.size,
-        patch_size=cfg.size // 8,
-        vision_hidden=cfg.vision_hidden,
-        pool_shape=(0, cfg.pool, cfg.pool),
-        chat_template="chatml",
-        freeze_vision_tower=False,
-    )
+    config = _demo_config(cfg, tokenizer, "chatml")
     config.text_config = type(llm.config).from_dict(text)
     torch.manual_seed(seed)
     model = TCLlavaForConditionalGeneration(config)
@@ -110,9 +115,4 @@ def build_smollm2_checkpoint(cfg: Any, seed: int, path: Path) -> Path:
         raise RuntimeError(f"SmolLM2 weights do not fit: missing {missing}, unexpected {unexpected}")
     if config.text_config.tie_word_embeddings:
         model.language_model.tie_weights()
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    TCLlavaProcessor(
-        tokenizer, build_image_processor(cfg.size), config, num_frames=cfg.frames
-    ).save_pretrained(path)
-    return path
+    return _save(model, tokenizer, cfg, path)

@@ -1,0 +1,139 @@
+"""The main job end to end (`tcllava demo --quick`) and the ablation grid's resume, through the real
+data generator, trainer and evaluator."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+import tcllava.recipes.ablate as ablate
+from tcllava.cli import main as cli_main
+from tcllava.data.synthetic import TASKS
+from tcllava.recipes.stats import mean_ci, t95
+
+SMALL = dict(train_per_task=6, test_per_task=2, steps=4, batch_size=4, text_layers=1, progress=False)
+
+
+def test_mean_ci_matches_the_t_interval():
+    stats = mean_ci([0.5, 0.7, 0.6])
+    assert stats["mean"] == pytest.approx(0.6)
+    assert stats["ci95"] == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    assert math.isnan(mean_ci([0.4])["ci95"])
+    assert t95(1000) == 1.96 and t95(3) == 3.182
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert (
+        cli_main(["demo", "--quick", "--out", str(out), "--seeds", "0", "1", "--steps", "4", "--no-progress"])
+        == 0
+    )
+    return out
+
+
+def test_quick_demo_writes_results_in_the_documented_schema(demo):
+    results = json.loads((demo / "results.json").read_text())
+    assert set(results) >= {
+        "demo",
+        "protocol",
+        "chance",
+        "summary",
+        "per_run",
+        "models",
+        "chat_example",
+        "seconds",
+    }
+    assert list(results["summary"]) == ["vanilla", "tc-llava"]
+    for variant, rows in results["summary"].items():
+        assert set(TASKS) | {"**mean temporal**", "**mean static**"} == set(rows)
+        for task in TASKS:
+            stats = rows[task]
+            per_seed = [results["per_run"][variant][str(seed)][task] for seed in (0, 1)]
+            assert stats["values"] == per_seed and stats["n"] == 2
+            assert stats["mean"] == pytest.approx(sum(per_seed) / 2)
+            assert 0 <= stats["mean"] <= 1
+    assert all(0 < results["chance"][t] < 1 for t in TASKS)
+    table = (demo / "results.md").read_text()
+    assert "| task | kind | vanilla | tc-llava | difference |" in table
+    assert all(f"| {task} |" in table for task in TASKS)
+    assert (demo / "results.png").read_bytes()[:4] == b"\x89PNG"
+    chat = results["chat_example"]
+    assert set(chat["answers"]) == {"vanilla", "tc-llava"} and chat["truth"].startswith("(")
+    # Each evaluation is the MVBench evaluator's own results file, protocol recorded.
+    evaluation = json.loads((demo / "eval" / "tc-llava-seed0" / "results.json").read_text())
+    assert evaluation["protocol"]["name"] == "official" and evaluation["benchmark"] == "synthetic"
+
+
+def test_demo_variants_differ_only_in_tc_attention_and_chat_works_on_the_checkpoints(demo, capsys):
+    results = json.loads((demo / "results.json").read_text())
+    configs = {}
+    for variant in ("vanilla", "tc-llava"):
+        model_dir = results["models"][variant]["0"]
+        configs[variant] = json.loads((Path(model_dir) / "config.json").read_text())
+    different = {k for k in configs["vanilla"] if configs["vanilla"][k] != configs["tc-llava"].get(k)}
+    assert different == {"gamma", "attention_mask_kind"}
+    assert (configs["vanilla"]["gamma"], configs["vanilla"]["attention_mask_kind"]) == (0.0, "causal")
+    video = results["chat_example"]["video"]
+    assert (
+        cli_main(
+            [
+                "chat",
+                "--model",
+                results["models"]["tc-llava"]["0"],
+                "--video",
+                video,
+                "--max-new-tokens",
+                "3",
+                "What happens first?",
+            ]
+        )
+        == 0
+    )
+    assert "prefill" in capsys.readouterr().err
+
+
+def test_ablation_grid_runs_and_resumes_without_retraining(tmp_path, monkeypatch):
+    grid = {
+        "out": str(tmp_path / "ablate"),
+        "seeds": [0],
+        **SMALL,
+        "grid": [
+            {"study": "masks", "name": "causal", "gamma": 0, "mask": "causal"},
+            {
+                "study": "reading",
+                "name": "tc-next",
+                "gamma": 1,
+                "mask": "frame_block_causal",
+                "text_after_video": "next",
+            },
+        ],
+    }
+    config = tmp_path / "grid.yaml"
+    config.write_text(yaml.safe_dump(grid))
+    assert cli_main(["ablate", str(config)]) == 0
+    first = json.loads((tmp_path / "ablate" / "ablation.json").read_text())
+    assert [r["name"] for r in first["rows"]] == ["causal", "tc-next"]
+    trained = json.loads(
+        (tmp_path / "ablate" / "runs" / "tc-next-seed0" / "final" / "config.json").read_text()
+    )
+    assert trained["text_after_video"] == "next" and trained["gamma"] == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished cell was trained again")
+
+    monkeypatch.setattr(ablate, "train_variant", no_training)
+    assert cli_main(["ablate", str(config)]) == 0
+    again = json.loads((tmp_path / "ablate" / "ablation.json").read_text())
+    assert [r["all"]["mean"] for r in again["rows"]] == [r["all"]["mean"] for r in first["rows"]]
+    assert (
+        "| reading | tc-next | 1 | frame_block_causal | next |"
+        in (tmp_path / "ablate" / "ablation.md").read_text()
+    )
+    with pytest.raises(ValueError, match="unknown keys"):
+        config.write_text(yaml.safe_dump({**grid, "stepz": 3}))
+        cli_main(["ablate", str(config)])
