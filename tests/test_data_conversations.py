@@ -178,7 +178,7 @@ def test_loss_only_on_assistant_tokens(processor):
         if label == IGNORE_INDEX and i != processor.config.media_token_id
     ]
     words = tok.convert_ids_to_tokens(prompt)
-    assert {"USER", "ASSISTANT", "what", "which", "last"} <= set(words)
+    assert {"USER", "ASSISTANT", "what", "which", "last"} <= {w.strip() for w in words}
 
 
 def test_data_loading_globs_weights_and_invalid_records(tmp_path, data_dir):
