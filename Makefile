@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python benchmarks/attention.py
+	$(BIN)/tcllava demo
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/attention.py
+	for b in attention prefill video_decode train_step peak_memory; do $(BIN)/python benchmarks/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
