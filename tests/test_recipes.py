@@ -137,3 +137,32 @@ def test_ablation_grid_runs_and_resumes_without_retraining(tmp_path, monkeypatch
     with pytest.raises(ValueError, match="unknown keys"):
         config.write_text(yaml.safe_dump({**grid, "stepz": 3}))
         cli_main(["ablate", str(config)])
+
+
+def test_smollm2_option_wraps_the_pretrained_llm_unchanged(tmp_path):
+    """`tcllava demo --llm smollm2`: the packaged SmolLM2-135M-Instruct becomes the LLM of a LLaVA; with
+    TC off its text logits equal transformers' own model read from the same GGUF file."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tcllava.model import load
+    from tcllava.recipes.demo import DemoConfig
+    from tcllava.recipes.tiny_model import build_initial_checkpoint, smollm2_gguf
+
+    cfg = DemoConfig(llm="smollm2", frames=4, size=32, pool=2)
+    path = build_initial_checkpoint(cfg, tmp_path, 0, tmp_path / "init")
+    model, processor = load(path, gamma=0.0, attention_mask_kind="causal")
+    gguf = smollm2_gguf()
+    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    text = processor.tokenizer("Water boils at a temperature of", return_tensors="pt")
+    with torch.no_grad():
+        ours = model(**text).logits
+        want = reference(**text).logits
+    vocab = want.shape[-1]  # ours adds the <image> token at the end of the vocabulary
+    torch.testing.assert_close(ours[..., :vocab], want, rtol=1e-4, atol=1e-4)
+    [image] = processor.tokenizer.encode("<image>", add_special_tokens=False)
+    assert image == vocab and ours.shape[-1] == vocab + 1
+    video = torch.randint(0, 255, (4, 32, 32, 3), dtype=torch.uint8)
+    batch = processor([{"role": "user", "content": "<video>\nWhat happens?"}], [video])
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).logits).all()

