@@ -8,12 +8,17 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from transformers import AutoModelForCausalLM
 
 import tcllava.recipes.ablate as ablate
 from tcllava.cli import main as cli_main
 from tcllava.data.synthetic import TASKS
+from tcllava.model import load
+from tcllava.recipes.demo import DemoConfig
 from tcllava.recipes.stats import mean_ci, t95
+from tcllava.recipes.tiny_model import build_initial_checkpoint, smollm2_gguf
 
 SMALL = dict(train_per_task=6, test_per_task=2, steps=4, batch_size=4, text_layers=1, progress=False)
 
@@ -142,13 +147,6 @@ def test_ablation_grid_runs_and_resumes_without_retraining(tmp_path, monkeypatch
 def test_smollm2_option_wraps_the_pretrained_llm_unchanged(tmp_path):
     """`tcllava demo --llm smollm2`: the packaged SmolLM2-135M-Instruct becomes the LLM of a LLaVA; with
     TC off its text logits equal transformers' own model read from the same GGUF file."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from tcllava.model import load
-    from tcllava.recipes.demo import DemoConfig
-    from tcllava.recipes.tiny_model import build_initial_checkpoint, smollm2_gguf
-
     cfg = DemoConfig(llm="smollm2", frames=4, size=32, pool=2)
     path = build_initial_checkpoint(cfg, tmp_path, 0, tmp_path / "init")
     model, processor = load(path, gamma=0.0, attention_mask_kind="causal")

