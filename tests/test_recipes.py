@@ -7,16 +7,18 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from transformers import AutoModelForCausalLM
 
 import tcllava.recipes.ablate as ablate
 from tcllava.cli import main as cli_main
 from tcllava.data.synthetic import TASKS
 from tcllava.model import load
-from tcllava.recipes.demo import DemoConfig
+from tcllava.recipes.demo import DemoConfig, check_start
 from tcllava.recipes.stats import mean_ci, t95
 from tcllava.recipes.tiny_model import build_initial_checkpoint, smollm2_gguf
 
@@ -164,3 +166,43 @@ def test_smollm2_option_wraps_the_pretrained_llm_unchanged(tmp_path):
     batch = processor([{"role": "user", "content": "<video>\nWhat happens?"}], [video])
     with torch.no_grad():
         assert torch.isfinite(model(**batch).logits).all()
+
+
+def test_image_llava_base_builds_and_the_demo_starts_from_it(tmp_path):
+    """`tcllava demo --build-base` trains a tiny LLaVA on stills through the real trainer and tests it on
+    held-out stills; `--start DIR` fine-tunes both variants from it, and refuses one that cannot read the
+    demo's videos."""
+    from tcllava.recipes.base import BaseConfig, build_base
+
+    cfg = BaseConfig(
+        out=str(tmp_path / "base"), images=24, test_images=6, steps=3, batch_size=4, progress=False
+    )
+    model_dir = build_base(cfg)
+    report = json.loads((model_dir / "base_report.json").read_text())
+    assert report["held_out_image_questions"]["n"] == 6
+    assert 0 <= report["held_out_image_questions"]["accuracy"] <= 100
+    trained = json.loads((tmp_path / "base" / "run" / "report.json").read_text())
+    assert trained["steps"] == 3 and trained["finished"]
+    config = json.loads((model_dir / "config.json").read_text())
+    assert (config["gamma"], config["attention_mask_kind"]) == (0.0, "causal")
+
+    # An image file is one frame in chat, as in training (not a video of repeated frames).
+    model, _ = load(model_dir)
+    still = tmp_path / "base" / "test_images" / "images" / "00000.png"
+    seen: list[str] = []
+    model.chat(still, "Describe the image.", max_new_tokens=2, do_sample=False, on_progress=seen.append)
+    frames = torch.from_numpy(np.array(Image.open(still)))[None]
+    model.chat(frames, "Describe the image.", max_new_tokens=2, do_sample=False, on_progress=seen.append)
+    prefills = [m for m in seen if m.startswith("prefill")]
+    assert len(prefills) == 2 and prefills[0] == prefills[1]
+
+    out = tmp_path / "demo"
+    argv = ["demo", "--quick", "--out", str(out), "--seeds", "0", "--steps", "2", "--no-progress"]
+    assert cli_main([*argv, "--start", str(model_dir)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["demo"]["start"] == str(model_dir)
+    run_config = yaml.safe_load((out / "runs" / "tc-llava-seed0" / "config.yaml").read_text())
+    assert run_config["model"] == str(model_dir)
+    wrong = DemoConfig.quick(size=32)
+    with pytest.raises(ValueError, match="64px"):
+        check_start(model_dir, out / "data", wrong)

@@ -333,3 +333,52 @@ def test_rejects_bad_arguments(tmp_path: Path) -> None:
     for kwargs in (dict(num_frames=3), dict(num_frames=17), dict(size=63), dict(tasks=["nope"])):
         with pytest.raises(ValueError):
             generate(tmp_path, 1, 1, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------- still images
+
+
+def test_still_images_are_described_truthfully_and_deterministically(tmp_path: Path) -> None:
+    """The image-LLaVA stage's data: every caption names the colour found in each grid cell of the pixels,
+    the question's answer is among its options and agrees with the caption, and the set is reproducible."""
+    from PIL import Image
+
+    from tcllava.data.conversations import parse_record
+    from tcllava.data.synthetic import PLACES, generate_images
+
+    first = generate_images(tmp_path / "a", 40, seed=3, size=64)
+    assert generate_images(tmp_path / "b", 40, seed=3, size=64) == first
+    assert generate_images(tmp_path / "c", 40, seed=4, size=64)["sha256"] != first["sha256"]
+    records = json.loads((tmp_path / "a" / "images.json").read_text())
+    checked = 0
+    for i, record in enumerate(records):
+        conversation = parse_record(record, tmp_path / "a", f"#{i}")
+        roles = [m.role for m in conversation.messages]
+        assert roles == ["system", "user", "assistant"] * 1 + ["user", "assistant"] * 2
+        assert conversation.media[0].kind == "image"
+        question, answer, _, caption, drill, drill_answer = (m.content for m in conversation.messages[1:])
+        for text, reply in ((question, answer), (drill, drill_answer)):
+            options = dict(line[1:].split(") ", 1) for line in text.split("\n") if line.startswith("("))
+            letter, chosen = reply.removeprefix("Best option:(").split(") ", 1)
+            assert options[letter] == chosen
+        assert drill_answer.endswith(drill.split("Which option is ")[1].split("?")[0])
+        objects = [part.split(" at the ") for part in caption.rstrip(".").split(" on a ")[0].split(", ")]
+        if "How many" in question:
+            assert chosen_count(answer) == len(objects)
+        if " on a " in caption:
+            continue  # dark shapes on a coloured background: colours checked on black ones
+        image = np.asarray(Image.open(tmp_path / "a" / record["image"]))
+        cells = {
+            place: image[k // 3 * 64 // 3 : (k // 3 + 1) * 64 // 3, k % 3 * 64 // 3 : (k % 3 + 1) * 64 // 3]
+            for k, place in enumerate(PLACES)
+        }
+        seen = {place for place, cell in cells.items() if fg(cell).sum() > 20}
+        assert seen == {place for _, place in objects}, caption
+        for words, place in objects:
+            assert color_of(cells[place][fg(cells[place])]) == words.split()[-2], caption
+            checked += 1
+    assert checked > 40
+
+
+def chosen_count(answer: str) -> int:
+    return int(answer.rsplit(" ", 1)[1])

