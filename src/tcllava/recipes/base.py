@@ -23,10 +23,11 @@ from typing import Any
 import torch
 
 from tcllava.data.synthetic import TASKS, generate_images, make_samples
+from tcllava.recipes.tiny_model import TinySizes
 
 
 @dataclass
-class BaseConfig:
+class BaseConfig(TinySizes):
     """Defaults of ``tcllava demo --build-base`` (about 14 minutes on two CPU cores)."""
 
     out: str = "runs/base"
@@ -35,12 +36,6 @@ class BaseConfig:
     steps: int = 2000
     batch_size: int = 32
     lr: float = 1.0e-3
-    size: int = 64
-    frames: int = 8  # what the processor reads per video once the base is fine-tuned on video
-    text_hidden: int = 128
-    text_layers: int = 4
-    vision_hidden: int = 64
-    pool: int = 4
     seed: int = 0
     num_workers: int = 1
     progress: bool = True

@@ -21,6 +21,7 @@ import torch
 
 from tcllava.data.synthetic import TASKS, generate
 from tcllava.recipes.stats import bar_plot, comparison_table, mean_ci
+from tcllava.recipes.tiny_model import TinySizes
 
 VARIANTS = {
     "vanilla": {"gamma": 0.0, "mask": "causal"},
@@ -29,21 +30,15 @@ VARIANTS = {
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(TinySizes):
     """Sizes chosen so that the default run takes about ten minutes on two CPU cores."""
 
     out: str = "runs/demo"
     train_per_task: int = 240
     test_per_task: int = 40
-    frames: int = 8
-    size: int = 64
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     steps: int = 250
     batch_size: int = 16
-    text_hidden: int = 128
-    text_layers: int = 4
-    vision_hidden: int = 64
-    pool: int = 4  # tokens per frame side after pooling
     variants: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(VARIANTS))
     # Where both variants start: "scratch" (random weights, one set per seed) or the path of a tcllava
     # checkpoint, such as a tiny image LLaVA from `tcllava demo --build-base` (tcllava.recipes.base).

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import string
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,19 @@ from tcllava.data.conversations import MVBENCH_ANSWER_PREFIX, MVBENCH_SYSTEM
 from tcllava.model import TCLlavaForConditionalGeneration, TCLlavaProcessor
 from tcllava.model.factory import build_image_processor, build_word_tokenizer, tiny_config
 from tcllava.model.templates import TEMPLATES
+
+
+@dataclass
+class TinySizes:
+    """The demo model's shape, shared by the demo and the image-LLaVA build so that one starts the other."""
+
+    size: int = 64  # frame side in pixels
+    frames: int = 8  # frames per video the processor reads
+    text_hidden: int = 128
+    text_layers: int = 4
+    vision_hidden: int = 64
+    pool: int = 4  # tokens per frame side after pooling
+
 
 PROMPT_WORDS = [
     MVBENCH_SYSTEM,
