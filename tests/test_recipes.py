@@ -206,3 +206,9 @@ def test_image_llava_base_builds_and_the_demo_starts_from_it(tmp_path):
     wrong = DemoConfig.quick(size=32)
     with pytest.raises(ValueError, match="64px"):
         check_start(model_dir, out / "data", wrong)
+    questions = out / "data" / "test" / "object_count.json"
+    rows = json.loads(questions.read_text())
+    rows[0]["question"] = "How many zebras are there?"
+    questions.write_text(json.dumps(rows))
+    with pytest.raises(ValueError, match="does not know all of 'How many zebras are there\\?'"):
+        check_start(model_dir, out / "data", DemoConfig.quick())

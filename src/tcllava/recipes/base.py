@@ -39,7 +39,6 @@ class BaseConfig(TinySizes):
     seed: int = 0
     num_workers: int = 1
     progress: bool = True
-    llm: str = "tiny"
 
 
 def benchmark_texts(seed: int = 0, per_task: int = 64) -> list[str]:
@@ -86,7 +85,7 @@ def build_base(cfg: BaseConfig) -> Path:
     from tcllava.model import TCLlavaForConditionalGeneration
     from tcllava.model.factory import build_word_tokenizer
     from tcllava.recipes.demo import recipe
-    from tcllava.recipes.tiny_model import PROMPT_WORDS, demo_config, save_checkpoint, template_texts
+    from tcllava.recipes.tiny_model import corpus, demo_config, save_checkpoint
     from tcllava.train import TrainConfig, train
 
     start = time.perf_counter()
@@ -98,10 +97,7 @@ def build_base(cfg: BaseConfig) -> Path:
         generate_images(test, cfg.test_images, seed=cfg.seed + 1, size=cfg.size)
     init = out / "init"
     if not (init / "config.json").is_file():
-        texts = PROMPT_WORDS + template_texts() + benchmark_texts(cfg.seed)
-        for row in json.loads((data / "images.json").read_text()):
-            texts += [turn["value"] for turn in row["conversations"]]
-        tokenizer = build_word_tokenizer(texts)
+        tokenizer = build_word_tokenizer(corpus([data / "images.json"]) + benchmark_texts(cfg.seed))
         config = demo_config(cfg, tokenizer, "plain")
         torch.manual_seed(cfg.seed)
         save_checkpoint(TCLlavaForConditionalGeneration(config), tokenizer, cfg, init)

@@ -111,13 +111,16 @@ def check_start(path: Path, data: Path, cfg: DemoConfig) -> None:
         raise ValueError(f"{path}: the tower reads {size}px frames but the demo's videos are {cfg.size}px")
     tokenizer = TCLlavaProcessor.from_pretrained(path).tokenizer
     for file in sorted(data.glob("*/*.json")):
-        for row in json.loads(file.read_text()):
-            for text in (row["question"], *row["candidates"]):
-                if tokenizer.unk_token_id in tokenizer(text, add_special_tokens=False)["input_ids"]:
-                    raise ValueError(
-                        f"{path}: its tokenizer does not know all of {text!r} ({file}); rebuild the "
-                        "image LLaVA with `tcllava demo --build-base` after changing the benchmark"
-                    )
+        texts = [
+            text for row in json.loads(file.read_text()) for text in (row["question"], *row["candidates"])
+        ]
+        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        unknown = [text for text, ids in zip(texts, encoded, strict=True) if tokenizer.unk_token_id in ids]
+        if unknown:
+            raise ValueError(
+                f"{path}: its tokenizer does not know all of {unknown[0]!r} ({file}); rebuild the "
+                "image LLaVA with `tcllava demo --build-base` after changing the benchmark"
+            )
 
 
 def recipe(name: str) -> Path:

@@ -9,7 +9,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="a smoke test of the whole path in under two minutes"
     )
-    parser.add_argument("--out", default="runs/demo")
+    parser.add_argument("--out", default=None, help="default: runs/demo, or runs/base with --build-base")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument(
@@ -39,12 +39,16 @@ def run(args: argparse.Namespace) -> int:
     if args.build_base:
         from tcllava.recipes.base import BaseConfig, build_base
 
-        out = args.out if args.out != "runs/demo" else "runs/base"
         settings = {"steps": args.steps} if args.steps else {}
-        model = build_base(BaseConfig(out=out, progress=not args.no_progress, **settings))
+        model = build_base(BaseConfig(out=args.out or "runs/base", progress=not args.no_progress, **settings))
         print(f"image LLaVA: {model} (report: {model / 'base_report.json'})")
         return 0
-    overrides = {"out": args.out, "start": args.start, "llm": args.llm, "progress": not args.no_progress}
+    overrides = {
+        "out": args.out or "runs/demo",
+        "start": args.start,
+        "llm": args.llm,
+        "progress": not args.no_progress,
+    }
     if args.seeds:
         overrides["seeds"] = args.seeds
     if args.steps:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,11 @@ def template_texts() -> list[str]:
     ]
 
 
-def corpus(data: Path) -> list[str]:
-    """Every text the benchmark and its prompts can contain: the tokenizer's vocabulary source."""
+def corpus(files: Iterable[Path]) -> list[str]:
+    """Every text the prompts and these data files (MVBench-style or LLaVA conversation records) can
+    contain: the tokenizer's vocabulary source."""
     texts = PROMPT_WORDS + template_texts()
-    for file in sorted(data.glob("*/*.json")):
+    for file in files:
         for row in json.loads(file.read_text()):
             if "conversations" in row:
                 texts += [turn["value"] for turn in row["conversations"]]
@@ -65,7 +67,7 @@ def build_initial_checkpoint(cfg: Any, data: Path, seed: int, path: Path) -> Pat
         return build_smollm2_checkpoint(cfg, seed, path)
     if cfg.llm != "tiny":
         raise ValueError(f"unknown demo llm {cfg.llm!r}; choose tiny or smollm2")
-    tokenizer = build_word_tokenizer(corpus(data))
+    tokenizer = build_word_tokenizer(corpus(sorted(data.glob("*/*.json"))))
     config = demo_config(cfg, tokenizer, "plain")
     torch.manual_seed(seed)
     return save_checkpoint(TCLlavaForConditionalGeneration(config), tokenizer, cfg, path)
