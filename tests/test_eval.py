@@ -489,3 +489,20 @@ def test_cli_eval_runs_model_predictor(mvbench_dir, tmp_path, monkeypatch, capsy
     assert saved["protocol"]["sampling"] == "uniform" and saved["protocol"]["name"] == "official"
 
     assert main(["eval", "mvbench", "--data", str(root), "--out", str(tmp_path / "x"), "--subtitles"]) == 2
+
+
+def test_likelihood_scoring_needs_options_and_a_ranking_predictor(mvbench_dir, tmp_path) -> None:
+    from tcllava.eval.protocols import get_protocol
+
+    root, replies = mvbench_dir
+    with pytest.raises(ValueError, match="open-ended"):
+        get_protocol("msvd-qa", scoring="likelihood")
+    with pytest.raises(ValueError, match="unknown scoring"):
+        get_protocol("mvbench", scoring="vote")
+    assert (
+        get_protocol("mvbench", "lmms-eval", scoring="likelihood").continuation(1, "sat down")
+        == "(B) sat down"
+    )
+    assert get_protocol("videomme", scoring="likelihood").continuation(2, "a dog") == "C"
+    with pytest.raises(EvalError, match="TablePredictor has no rank"):
+        evaluate(TablePredictor(replies), "mvbench", root, tmp_path, scoring="likelihood", num_workers=0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import string
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,19 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     path = tmp_path_factory.mktemp("tiny_mvbench_model")
     return save_tiny_tcllava(path, tok, pool_shape=(0, 2, 2), num_frames=FRAMES, seed=5, edit=steer_head)
+
+
+@pytest.fixture(scope="module")
+def free_checkpoint(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny model with its whole output layer random, so option texts get different scores."""
+    model, processor = load(checkpoint)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model.language_model.lm_head.weight.normal_(std=0.5)
+    path = tmp_path_factory.mktemp("tiny_mvbench_free")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +213,67 @@ def test_rerun_resumes_without_generating(
     run_eval(checkpoint, mvbench, out, batch_size=2, workers=0)  # the dropped last sample is redone
     assert len(calls) == 1
     assert (out / "predictions.jsonl").read_text() == (batched_run / "predictions.jsonl").read_text()
+
+
+def manual_option_logprob(model, processor, frames, user: str, continuation: str) -> float:
+    """Log-probability of `continuation` after the official prompt, from one unpadded full forward."""
+    from tcllava.model import Message
+
+    prompt = processor(
+        [Message("system", MVBENCH_SYSTEM), Message("user", f"<video>\n{user}")],
+        [frames],
+        answer_prefix="Best option:(",
+    )
+    target = processor.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    ids = torch.cat([prompt["input_ids"], torch.tensor([target])], dim=1)
+    with torch.no_grad():
+        logits = model(input_ids=ids, pixel_values_videos=prompt["pixel_values_videos"]).logits
+    logprobs = torch.log_softmax(logits[0, -len(target) - 1 : -1], dim=-1)
+    return float(logprobs.gather(-1, torch.tensor(target)[:, None]).sum())
+
+
+def test_likelihood_scoring_ranks_whole_answers(free_checkpoint: Path, mvbench: Path, tmp_path: Path) -> None:
+    """`--scoring likelihood`: every option's whole answer "B) green" is scored as a manual forward pass
+    scores it; the best one is the prediction, and the protocol record says how it was chosen."""
+    argv = [
+        "eval",
+        "mvbench",
+        "--model",
+        str(free_checkpoint),
+        "--data",
+        str(mvbench),
+        "--out",
+        str(tmp_path),
+    ]
+    argv += ["--frames", str(FRAMES), "--batch-size", "2", "--scoring", "likelihood"]
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["protocol"]["scoring"] == "likelihood"
+    assert results["protocol"]["answer_format"] == "{letter}) {option}"
+    records = predictions(tmp_path)
+    model, processor = load(free_checkpoint)
+    chosen = Counter()
+    for task, (prefix, bound) in TASKS.items():
+        start, end = bound or (None, None)
+        clip = read_video(mvbench / "video" / prefix / f"{task}.mp4", FRAMES, "mvbench", start, end)
+        for k, (question, candidates, answer) in enumerate(ROWS):
+            options = "\n".join(f"({string.ascii_uppercase[i]}) {c}" for i, c in enumerate(candidates))
+            user = f"Question: {question}\nOptions:\n{options}\nOnly give the best option."
+            expected = [
+                manual_option_logprob(
+                    model, processor, clip.frames, user, f"{string.ascii_uppercase[i]}) {c}"
+                )
+                for i, c in enumerate(candidates)
+            ]
+            record = records[f"{task}/{k}"]
+            assert record["option_scores"] == pytest.approx(expected, abs=1e-4)
+            best = int(np.argmax(expected))
+            assert record["prediction"] == f"({string.ascii_uppercase[best]}) {candidates[best]}"
+            assert record["correct"] == (best == answer)
+            chosen[best] += 1
+    assert len(chosen) > 1  # the fixture model prefers different options for different questions
+    correct = sum(r["correct"] for r in records.values())
+    assert results["metrics"]["overall"]["accuracy"] == pytest.approx(100 * correct / len(records))
+
+    # Predictions made one way are never mixed with the other: generating into this folder is refused.
+    assert main(argv[:-2]) == 1

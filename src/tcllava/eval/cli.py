@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from tcllava.eval.benchmarks import BENCHMARKS, OPEN_QA
-from tcllava.eval.protocols import PROTOCOL_NAMES
+from tcllava.eval.protocols import PROTOCOL_NAMES, SCORINGS
 from tcllava.eval.subtitles import SUBTITLE_MODES
 
 JUDGED = (*OPEN_QA, "videochatgpt")
@@ -33,6 +33,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--sampling",
         choices=("middle", "uniform", "mvbench"),
         help="override the protocol's frame sampling (recorded in results)",
+    )
+    parser.add_argument(
+        "--scoring",
+        choices=SCORINGS,
+        default="generate",
+        help="generate (greedy answer + extraction, default) or likelihood (the option whose whole "
+        "answer the model finds most likely; multiple choice only); recorded in results",
     )
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding videos ahead")
@@ -94,6 +101,12 @@ def run(args: argparse.Namespace) -> int:
     if args.benchmark in JUDGED and args.protocol != "official":
         print(f"tcllava eval: {args.benchmark} has one protocol (official)", file=sys.stderr)
         return 2
+    if args.benchmark in JUDGED and args.scoring != "generate":
+        print(
+            f"tcllava eval: {args.benchmark} is open-ended: --scoring likelihood needs options",
+            file=sys.stderr,
+        )
+        return 2
     try:
         judge = Judge.from_env(args.judge_url, args.judge_model) if args.benchmark in JUDGED else None
         if args.merge_only:
@@ -105,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
                 args.limit,
                 subtitles=args.subtitles,
                 sampling=args.sampling,
+                scoring=args.scoring,
                 judge=judge,
                 judge_workers=args.judge_workers,
             )
@@ -131,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
                 subtitles=args.subtitles,
                 subtitle_mode=args.subtitle_mode,
                 sampling=args.sampling,
+                scoring=args.scoring,
                 judge=judge,
                 judge_workers=args.judge_workers,
             )

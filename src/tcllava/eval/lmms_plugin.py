@@ -55,8 +55,9 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         'pip install "tcllava[lmms]" && pip install --no-deps lmms-eval==0.7.3'
     ) from e
 
+from tcllava.eval.model_predictor import continuation_logprobs
 from tcllava.model import load
-from tcllava.model.processing import IGNORE_INDEX, Encoded
+from tcllava.model.processing import Encoded
 from tcllava.model.templates import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Message
 from tcllava.video import read_video
 from tcllava.video.images import IMAGE_SUFFIXES
@@ -279,28 +280,7 @@ class TCLlava(lmms):
         return context, str(continuation), doc_to_visual(doc) if doc_to_visual else None
 
     def _score(self, encoded: list[Encoded]) -> list[tuple[float, int, bool]]:
-        """(sum of the continuation's token log-probs, its token count, is_greedy) per row. Left-padded so
-        every continuation ends its row: only the last positions' logits are computed."""
-        batch = self.processor.collate(encoded, padding_side="left")
-        labels = batch.pop("labels")
-        inputs = self._to_device(batch)
-        n = max(sum(label != IGNORE_INDEX for label in e.labels) for e in encoded)
-        with torch.inference_mode():
-            logits = self.model(**inputs, use_cache=False, logits_to_keep=n + 1).logits
-        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        length = labels.shape[1]
-        targets = inputs["input_ids"][:, length - n :]
-        scored = (labels[:, length - n :] != IGNORE_INDEX).to(logprobs.device)
-        token_logprobs = logprobs.gather(-1, targets[..., None]).squeeze(-1)
-        greedy = logprobs.argmax(-1) == targets
-        return [
-            (
-                float(token_logprobs[b][scored[b]].sum()),
-                int(scored[b].sum()),
-                bool(greedy[b][scored[b]].all()),
-            )
-            for b in range(len(encoded))
-        ]
+        return continuation_logprobs(self.model, self.processor, encoded)
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         """(score, is_greedy) per request, in order; the score is set by ``loglikelihood_score``."""

@@ -64,9 +64,22 @@ class EvalProtocol:
     denominator: str
     build_user: Callable[[Sample, str | None], str]
     subtitles: bool = False
+    # The answer a model trained in this format writes after `assistant_prefix`, per option; used by
+    # likelihood scoring. None: the protocol has no options to rank (open-ended).
+    answer_format: str | None = None
+    # "generate": greedy answer, then answer extraction. "likelihood": the option whose whole answer
+    # (`answer_format`) has the highest summed log-probability after the prompt (lm-eval-harness's
+    # multiple-choice rule): it measures what the model knows without asking it to emit the letter.
+    scoring: str = "generate"
 
     def prompt(self, sample: Sample, subtitles: str | None = None) -> Prompt:
         return Prompt(self.system, self.build_user(sample, subtitles), self.assistant_prefix)
+
+    def continuation(self, index: int, option: str) -> str:
+        """The answer to option `index` (0 = A) as the model would write it after the prefix."""
+        if self.answer_format is None:
+            raise ValueError(f"protocol {self.name!r} has no option answers to score")
+        return self.answer_format.format(letter=chr(ord("A") + index), option=option)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -77,6 +90,8 @@ class EvalProtocol:
             "sampling": self.sampling,
             "denominator": self.denominator,
             "subtitles": self.subtitles,
+            "answer_format": self.answer_format,
+            "scoring": self.scoring,
         }
 
 
@@ -92,6 +107,7 @@ MVBENCH_OFFICIAL = EvalProtocol(
     build_user=lambda s, _subs: (
         f"{V}\nQuestion: {s.question}\nOptions:\n{_letter_options(s)}\nOnly give the best option."
     ),
+    answer_format="{letter}) {option}",  # after "Best option:(", as VideoChat2's training answers
 )
 
 MVBENCH_LMMS_EVAL = EvalProtocol(
@@ -104,6 +120,7 @@ MVBENCH_LMMS_EVAL = EvalProtocol(
     build_user=lambda s, _subs: (
         f"{V}\nQuestion:{s.question}\nOption:\n{_letter_options(s)}\nOnly give the best option.\n"
     ),
+    answer_format="({letter}) {option}",
 )
 
 
@@ -124,7 +141,7 @@ def _videomme_official(subs: bool) -> EvalProtocol:
         build = lambda s, _t: (
             f"{V}\n{VIDEOMME_INSTRUCTION}\n{s.question}\n{_videomme_options(s)}\nThe best answer is:"
         )
-    return EvalProtocol("official", None, template, "", "middle", "all", build, subs)
+    return EvalProtocol("official", None, template, "", "middle", "all", build, subs, "{letter}")
 
 
 def _videomme_lmms_eval(subs: bool) -> EvalProtocol:
@@ -143,7 +160,7 @@ def _videomme_lmms_eval(subs: bool) -> EvalProtocol:
         build = lambda s, _t: (
             f"{V}\n{VIDEOMME_INSTRUCTION_SUBS}\n{s.question}\n{_videomme_options(s)}{suffix}"
         )
-    return EvalProtocol("lmms-eval", None, template, "", "uniform", "all", build, subs)
+    return EvalProtocol("lmms-eval", None, template, "", "uniform", "all", build, subs, "{letter}")
 
 
 OPEN_ENDED = EvalProtocol(
@@ -157,17 +174,22 @@ OPEN_ENDED = EvalProtocol(
 )
 
 PROTOCOL_NAMES = ("official", "lmms-eval")
+SCORINGS = ("generate", "likelihood")
 
 
 def get_protocol(
-    benchmark: str, name: str | None = None, subtitles: bool = False, sampling: str | None = None
+    benchmark: str,
+    name: str | None = None,
+    subtitles: bool = False,
+    sampling: str | None = None,
+    scoring: str | None = None,
 ) -> EvalProtocol:
     """The protocol for `benchmark`; `name` None means the benchmark's default ("official").
 
     The synthetic benchmark samples at plain segment middles ("middle"): MVBench's reference formula
     spans the last index instead of the frame count, which drops the final frame of short clips, and
     there are no published numbers to reproduce there. `sampling` overrides any protocol's sampling
-    (the override is recorded with the protocol).
+    (the override is recorded with the protocol); `scoring` None means "generate".
     """
     name = name or "official"
     if name not in PROTOCOL_NAMES:
@@ -184,4 +206,10 @@ def get_protocol(
         raise ValueError(f"{benchmark} has a single protocol (question as asked, LLM judge)")
     else:
         protocol = OPEN_ENDED
+    if scoring not in (None, *SCORINGS):
+        raise ValueError(f"unknown scoring {scoring!r}; choose from {', '.join(SCORINGS)}")
+    if scoring == "likelihood":
+        if protocol.answer_format is None:
+            raise ValueError(f"{benchmark} is open-ended: there are no options to score by likelihood")
+        protocol = replace(protocol, scoring=scoring)
     return protocol if sampling is None else replace(protocol, sampling=sampling)

@@ -104,8 +104,12 @@ def _check_same_run(path: Path, found: dict[str, Any], expected: dict[str, Any])
         )
 
 
-def _record(sample: Sample, prediction: str | None, error: str | None) -> dict[str, Any]:
+def _record(
+    sample: Sample, prediction: str | None, error: str | None, scores: list[float] | None = None
+) -> dict[str, Any]:
     rec: dict[str, Any] = {"id": sample.id, "task": sample.task, "prediction": prediction}
+    if scores is not None:
+        rec["option_scores"] = scores
     if sample.options:
         letter = None if error else extract_choice(prediction, sample.options)
         rec.update(
@@ -159,16 +163,42 @@ def run_shard(
         failed = [_record(item["sample"], None, item["error"]) for item in batch if item["error"]]
         ready = [item for item in batch if not item["error"]]
         outputs: list[str] = []
-        if ready:
+        scores: list[list[float] | None] = [None] * len(ready)
+        if ready and protocol.scoring == "likelihood":
+            outputs, scores = _rank_options(predictor, protocol, ready)
+        elif ready:
             outputs = predictor.generate([i["clip"] for i in ready], [i["prompt"] for i in ready])
-            if len(outputs) != len(ready):
-                raise EvalError(f"predictor returned {len(outputs)} answers for {len(ready)} prompts")
-        records = failed + [_record(i["sample"], str(o), None) for i, o in zip(ready, outputs, strict=True)]
+        if len(outputs) != len(ready):
+            raise EvalError(f"predictor returned {len(outputs)} answers for {len(ready)} prompts")
+        records = failed + [
+            _record(i["sample"], str(o), None, sc) for i, o, sc in zip(ready, outputs, scores, strict=True)
+        ]
         _append(path, sorted(records, key=lambda r: order[r["id"]]))
         count += len(records)
         progress.update(len(records))
     progress.close()
     return count
+
+
+def _rank_options(
+    predictor: Predictor, protocol: EvalProtocol, items: list[dict[str, Any]]
+) -> tuple[list[str], list[list[float]]]:
+    """Likelihood scoring: each option's whole answer is scored; the best one becomes the prediction,
+    written "(B) text" so that the usual extraction reads it."""
+    rank = getattr(predictor, "rank", None)
+    if not callable(rank):
+        raise EvalError(
+            f"{type(predictor).__name__} has no rank(clips, prompts, continuations) method, so it cannot "
+            "score options by likelihood; use scoring='generate'"
+        )
+    options = [i["sample"].options for i in items]
+    continuations = [[protocol.continuation(k, o) for k, o in enumerate(opts)] for opts in options]
+    scores = rank([i["clip"] for i in items], [i["prompt"] for i in items], continuations)
+    if [len(s) for s in scores] != [len(c) for c in continuations]:
+        raise EvalError("predictor.rank returned a score list that does not match the options")
+    best = [max(range(len(s)), key=s.__getitem__) for s in scores]
+    outputs = [f"({chr(ord('A') + b)}) {opts[b]}" for b, opts in zip(best, options, strict=True)]
+    return outputs, [[float(x) for x in s] for s in scores]
 
 
 def incomplete_shards(samples: list[Sample], out_dir: Path, world: int) -> list[int]:
@@ -361,6 +391,7 @@ def evaluate(
     subtitles: bool = False,
     subtitle_mode: str = "frames",
     sampling: str | None = None,
+    scoring: str | None = None,
     judge: Judge | None = None,
     judge_workers: int = 4,
     rank: int | None = None,
@@ -375,11 +406,12 @@ def evaluate(
     after a barrier, otherwise the last rank to finish does. A rank that cannot merge yet returns
     `{"status": "partial", ...}`; run `merge()` (or `tcllava eval ... --merge-only`) after all ranks.
     `limit`: the first N rows of each task; `sampling` overrides the protocol's frame sampling
-    (tcllava.video: middle, uniform, mvbench). Open-ended benchmarks need a `judge` (or the
+    (tcllava.video: middle, uniform, mvbench); `scoring` "likelihood" ranks the options by the model's
+    log-probability of each whole answer instead of generating (the predictor needs `rank`). Open-ended benchmarks need a `judge` (or the
     TCLLAVA_JUDGE_* environment variables).
     """
     bench = load_benchmark(benchmark, data_dir, limit)
-    proto = get_protocol(benchmark, protocol, subtitles, sampling)
+    proto = get_protocol(benchmark, protocol, subtitles, sampling, scoring)
     rank, world = rank_and_world(rank, world_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -416,6 +448,7 @@ def merge(
     *,
     subtitles: bool = False,
     sampling: str | None = None,
+    scoring: str | None = None,
     judge: Judge | None = None,
     judge_workers: int = 4,
 ) -> dict[str, Any]:
@@ -425,5 +458,5 @@ def merge(
     if len(worlds) != 1:
         raise EvalError(f"{out}: expected shard files of one world size, found {sorted(worlds) or 'none'}")
     bench = load_benchmark(benchmark, data_dir, limit)
-    proto = get_protocol(benchmark, protocol, subtitles, sampling)
+    proto = get_protocol(benchmark, protocol, subtitles, sampling, scoring)
     return finalize(bench, proto, out, worlds.pop(), judge, judge_workers, limit)

@@ -14,9 +14,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument(
         "--start",
-        default="scratch",
-        help="what both variants are fine-tuned from: scratch (random weights) or a tcllava checkpoint "
-        "directory, e.g. the image LLaVA of --build-base",
+        default="packaged",
+        help="what both variants are fine-tuned from: packaged (the tiny image LLaVA shipped with "
+        "tcllava, default), scratch (random weights) or a tcllava checkpoint directory, e.g. the image "
+        "LLaVA of --build-base",
     )
     parser.add_argument(
         "--build-base",
