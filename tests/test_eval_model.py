@@ -155,28 +155,35 @@ def test_results_record_protocol_model_and_counts(checkpoint: Path, batched_run:
     assert results["metrics"]["average"] == pytest.approx(sum(accuracies) / len(accuracies))
 
 
+def official_questions(mvbench: Path):
+    """(task, clip as the official protocol samples it, row index, official user text, candidates, answer
+    index) for every fixture question, with the prompt written out here rather than by the evaluator."""
+    for task, (prefix, bound) in TASKS.items():
+        start, end = bound or (None, None)
+        clip = read_video(mvbench / "video" / prefix / f"{task}.mp4", FRAMES, "mvbench", start, end)
+        for k, (question, candidates, answer) in enumerate(ROWS):
+            options = "\n".join(f"({string.ascii_uppercase[i]}) {c}" for i, c in enumerate(candidates))
+            user = f"Question: {question}\nOptions:\n{options}\nOnly give the best option."
+            yield task, clip, k, user, candidates, answer
+
+
 def test_predictions_are_the_models_own_greedy_answers(
     checkpoint: Path, mvbench: Path, batched_run: Path
 ) -> None:
     """Each batched prediction equals `chat` on the same frames with the official prompt written out here."""
     records = predictions(batched_run)
     model, processor = load(checkpoint)
-    for task, (prefix, bound) in TASKS.items():
-        start, end = bound or (None, None)
-        clip = read_video(mvbench / "video" / prefix / f"{task}.mp4", FRAMES, "mvbench", start, end)
-        for k, (question, candidates, _) in enumerate(ROWS):
-            options = "\n".join(f"({string.ascii_uppercase[i]}) {c}" for i, c in enumerate(candidates))
-            user = f"Question: {question}\nOptions:\n{options}\nOnly give the best option."
-            answer = chat(
-                model,
-                clip.frames,
-                user,
-                processor,
-                system=MVBENCH_SYSTEM,
-                answer_prefix="Best option:(",
-                max_new_tokens=MAX_NEW_TOKENS,
-            )
-            assert records[f"{task}/{k}"]["prediction"] == answer
+    for task, clip, k, user, _candidates, _answer in official_questions(mvbench):
+        answer = chat(
+            model,
+            clip.frames,
+            user,
+            processor,
+            system=MVBENCH_SYSTEM,
+            answer_prefix="Best option:(",
+            max_new_tokens=MAX_NEW_TOKENS,
+        )
+        assert records[f"{task}/{k}"]["prediction"] == answer
 
 
 def test_batch_size_does_not_change_predictions(
@@ -253,24 +260,17 @@ def test_likelihood_scoring_ranks_whole_answers(free_checkpoint: Path, mvbench: 
     records = predictions(tmp_path)
     model, processor = load(free_checkpoint)
     chosen = Counter()
-    for task, (prefix, bound) in TASKS.items():
-        start, end = bound or (None, None)
-        clip = read_video(mvbench / "video" / prefix / f"{task}.mp4", FRAMES, "mvbench", start, end)
-        for k, (question, candidates, answer) in enumerate(ROWS):
-            options = "\n".join(f"({string.ascii_uppercase[i]}) {c}" for i, c in enumerate(candidates))
-            user = f"Question: {question}\nOptions:\n{options}\nOnly give the best option."
-            expected = [
-                manual_option_logprob(
-                    model, processor, clip.frames, user, f"{string.ascii_uppercase[i]}) {c}"
-                )
-                for i, c in enumerate(candidates)
-            ]
-            record = records[f"{task}/{k}"]
-            assert record["option_scores"] == pytest.approx(expected, abs=1e-4)
-            best = int(np.argmax(expected))
-            assert record["prediction"] == f"({string.ascii_uppercase[best]}) {candidates[best]}"
-            assert record["correct"] == (best == answer)
-            chosen[best] += 1
+    for task, clip, k, user, candidates, answer in official_questions(mvbench):
+        expected = [
+            manual_option_logprob(model, processor, clip.frames, user, f"{string.ascii_uppercase[i]}) {c}")
+            for i, c in enumerate(candidates)
+        ]
+        record = records[f"{task}/{k}"]
+        assert record["option_scores"] == pytest.approx(expected, abs=1e-4)
+        best = int(np.argmax(expected))
+        assert record["prediction"] == f"({string.ascii_uppercase[best]}) {candidates[best]}"
+        assert record["correct"] == (best == answer)
+        chosen[best] += 1
     assert len(chosen) > 1  # the fixture model prefers different options for different questions
     correct = sum(r["correct"] for r in records.values())
     assert results["metrics"]["overall"]["accuracy"] == pytest.approx(100 * correct / len(records))
