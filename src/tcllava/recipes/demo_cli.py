@@ -22,8 +22,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--build-base",
         action="store_true",
-        help="instead of the demo, build a tiny image LLaVA from still images (about 14 minutes on two "
-        "cores) into OUT/model (default OUT: runs/base); use it with --start OUT/model",
+        help="instead of the demo, build the tiny image LLaVA from still images (about 28 minutes on two "
+        "cores; the packaged start is this build) into OUT/model (default OUT: runs/base); use it with "
+        "--start OUT/model",
     )
     parser.add_argument(
         "--llm",
