@@ -30,7 +30,7 @@ from tcllava.recipes.tiny_model import TinySizes
 
 @dataclass
 class BaseConfig(TinySizes):
-    """Defaults of ``tcllava demo --build-base`` (about 25 minutes on two CPU cores; the packaged base is this build)."""
+    """Defaults of ``tcllava demo --build-base`` (27.8 minutes on two CPU cores; the packaged base is this build)."""
 
     out: str = "runs/base"
     images: int = 16000
