@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_model_cache(tmp_path_factory):
+    """Models the tests build (the demo's image LLaVA) go to a cache of this session, not the user's."""
+    before = os.environ.get("TCLLAVA_CACHE")
+    os.environ["TCLLAVA_CACHE"] = str(tmp_path_factory.mktemp("tcllava_cache"))
+    yield
+    if before is None:
+        os.environ.pop("TCLLAVA_CACHE")
+    else:
+        os.environ["TCLLAVA_CACHE"] = before
 
 
 def video_layout(text_before: int, frames: int, tokens_per_frame: int, text_after: int) -> list[int]:

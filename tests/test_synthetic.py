@@ -362,6 +362,12 @@ def test_still_images_are_described_truthfully_and_deterministically(tmp_path: P
             letter, chosen = reply.removeprefix("Best option:(").split(") ", 1)
             assert options[letter] == chosen
         assert drill_answer.endswith(drill.split("Which option is ")[1].split("?")[0])
+        quiz = record["quiz"]  # the first question as data, which scoring reads instead of the text
+        asked = [line.split(") ", 1)[1] for line in question.split("\n") if line.startswith("(")]
+        assert asked == quiz["candidates"]
+        assert answer.endswith(f") {quiz['answer']}") and quiz["answer"] in quiz["candidates"]
+        assert quiz["kind"] in {"color", "shape", "place", "size", "count", "background"}
+        assert (quiz["kind"] == "count") == ("How many" in question)
         objects = [part.split(" at the ") for part in caption.rstrip(".").split(" on a ")[0].split(", ")]
         if "How many" in question:
             assert chosen_count(answer) == len(objects)

@@ -493,6 +493,7 @@ class ImageSample:
     question: str
     candidates: list[str]
     answer: str
+    kind: str  # what the question asks about: color, shape, place, size, count or background
 
 
 def image_sample(rng: np.random.Generator, size: int) -> ImageSample:
@@ -547,7 +548,7 @@ def image_sample(rng: np.random.Generator, size: int) -> ImageSample:
     else:
         question, answer, pool = "What colour is the background?", str(background), list(COLORS)
     candidates = _options(rng, answer, pool, min(3, len(pool) - 1))
-    return ImageSample(image, caption, question, candidates, answer)
+    return ImageSample(image, caption, question, candidates, answer, kind)
 
 
 def option_lists(seed: int = 0, per_task: int = 24) -> list[list[str]]:
@@ -559,8 +560,9 @@ def option_lists(seed: int = 0, per_task: int = 24) -> list[list[str]]:
 def generate_images(out_dir: str | Path, n: int, seed: int = 0, size: int = 64) -> dict:
     """Write `OUT/images.json` and `OUT/images/NNNNN.png`: LLaVA conversation records of three turns, an
     MVBench-style question about the image, its caption, and an option drill ("Which option is X?", with
-    option lists in the style of the video tasks) that teaches answering with a letter. Deterministic in
-    the arguments; the images are stills, never frames of the video benchmark."""
+    option lists in the style of the video tasks) that teaches answering with a letter. Each record also
+    keeps its first question as data (`quiz`: kind, candidates, answer) for scoring. Deterministic in the
+    arguments; the images are stills, never frames of the video benchmark."""
     from PIL import Image
 
     from tcllava.data.conversations import multiple_choice_messages
@@ -588,7 +590,10 @@ def generate_images(out_dir: str | Path, n: int, seed: int = 0, size: int = 64) 
             ("human", drill.content.replace("<video>\n", "")),
             ("gpt", drill_answer.content),
         ]
-        records.append({"image": rel, "conversations": [{"from": f, "value": v} for f, v in turns]})
+        quiz = {"kind": sample.kind, "candidates": sample.candidates, "answer": sample.answer}
+        records.append(
+            {"image": rel, "conversations": [{"from": f, "value": v} for f, v in turns], "quiz": quiz}
+        )
     text = json.dumps(records, indent=1) + "\n"
     (out / "images.json").write_text(text)
     return {"images": n, "seed": seed, "size": size, "sha256": hashlib.sha256(text.encode()).hexdigest()}

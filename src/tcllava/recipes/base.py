@@ -1,23 +1,29 @@
 """A tiny image LLaVA trained on still images: where the demo's video fine-tuning starts.
 
 TC-LLaVA takes an image LLaVA (a pretrained LLM that already answers multiple-choice questions, a tower
-and projector aligned on images) and fine-tunes it on video. None can be downloaded here, so
-``tcllava demo --build-base`` builds one on the CPU from still images of the benchmark's visual vocabulary
+and projector aligned on images) and fine-tunes it on video. None can be downloaded here, so the demo
+builds one on the CPU from still images of the benchmark's visual vocabulary
 (:func:`tcllava.data.synthetic.generate_images`: a question, a caption and an option drill per image),
 through the same trainer as everything else, with plain causal attention (an image model has no frames
 to be temporal about). What it learned is measured on held-out stills and written to
-``base_report.json``. The build takes longer than the demo's budget, so its result ships in the package
-(``tcllava/assets/tiny_image_llava``, 3.4 MB) and is the demo's default start; ``--start scratch``
-skips it, ``--start DIR`` takes a rebuilt one.
+``base_report.json``, last, so a report marks a finished build.
+
+:func:`image_llava` builds it once per machine into a cache outside the repository (``$TCLLAVA_CACHE``,
+else ``$XDG_CACHE_HOME/tcllava`` or ``~/.cache/tcllava``), in a folder named by a hash of the build
+settings, :data:`BASE_FORMAT` and the benchmark's words: changing any of them builds a new one instead of
+reusing a model that does not fit. An interrupted build resumes from its last checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,13 +33,16 @@ import torch
 from tcllava.data.synthetic import TASKS, generate_images, make_samples
 from tcllava.recipes.tiny_model import TinySizes
 
+BASE_FORMAT = 1  # bump when a build's recipe or report changes in a way its settings do not show
+NOT_IN_KEY = ("out", "num_workers", "progress")  # settings that do not change the model built
+
 
 @dataclass
 class BaseConfig(TinySizes):
-    """Defaults of ``tcllava demo --build-base`` (27.8 minutes on two CPU cores; the packaged base is this build)."""
+    """Settings of the image-LLaVA build (the defaults: about 28 minutes on two CPU cores)."""
 
-    out: str = "runs/base"
-    images: int = 16000
+    out: str = ""  # "" = this build's folder in the cache (see image_llava)
+    images: int = 0  # training stills; 0 = steps x batch_size, at most 16,000
     test_images: int = 300
     steps: int = 3000
     batch_size: int = 32
@@ -41,6 +50,17 @@ class BaseConfig(TinySizes):
     seed: int = 0
     num_workers: int = 1
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.test_images < 1:
+            raise ValueError("steps, batch_size and test_images must be positive")
+        if self.images <= 0:
+            self.images = min(self.steps * self.batch_size, 16000)
+
+
+def recipe(name: str) -> Path:
+    """A YAML recipe shipped in the package (``configs/`` in the repository points at the same files)."""
+    return Path(str(resources.files("tcllava") / "configs" / name))
 
 
 def benchmark_texts(seed: int = 0, per_task: int = 64) -> list[str]:
@@ -52,52 +72,84 @@ def benchmark_texts(seed: int = 0, per_task: int = 64) -> list[str]:
     return texts
 
 
-def packaged_base() -> Path:
-    """The tiny image LLaVA shipped inside the package: the demo's default start (README: how it was
-    built, and what it knows)."""
-    return Path(str(resources.files("tcllava") / "assets" / "tiny_image_llava"))
+def cache_dir() -> Path:
+    """Where built models are kept: ``$TCLLAVA_CACHE``, else ``$XDG_CACHE_HOME/tcllava``, else
+    ``~/.cache/tcllava``."""
+    if os.environ.get("TCLLAVA_CACHE"):
+        return Path(os.environ["TCLLAVA_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tcllava"
+
+
+def base_key(cfg: BaseConfig) -> str:
+    """A name for what this build produces: its settings, the build format and the benchmark's words."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in NOT_IN_KEY}
+    payload = json.dumps([BASE_FORMAT, settings, benchmark_texts(cfg.seed)], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def image_llava(cfg: BaseConfig, announce: Callable[[str], None] = print) -> Path:
+    """The image LLaVA of these settings: reused when built before, otherwise built (once) and cached.
+
+    Only the model and its report are kept; the stills, the initial weights and the checkpoints of a
+    finished build are deleted."""
+    folder = Path(cfg.out) if cfg.out else cache_dir() / "image_llava" / base_key(cfg)
+    model = folder / "model"
+    if (model / "base_report.json").is_file():
+        announce(f"image LLaVA: reusing {model}")
+        return model
+    announce(
+        f"image LLaVA: building it once into {folder} ({cfg.steps} steps of {cfg.batch_size} stills; "
+        f"about {cfg.steps * 0.56 / 60:.0f} min on two CPU cores; later runs reuse it)"
+    )
+    build_base(replace(cfg, out=str(folder)))
+    for scratch in ("images", "test_images", "init", "run"):
+        shutil.rmtree(folder / scratch, ignore_errors=True)
+    return model
 
 
 def image_question_accuracy(model_dir: Path, data: Path, limit: int | None = None) -> dict[str, Any]:
-    """Accuracy on the first turn of held-out stills (an MVBench-style question about the image), per
-    question kind, scored as the demo scores videos: by likelihood and by the generated letter."""
+    """Accuracy on the first question of held-out stills (MVBench-style, about one attribute), per kind
+    of question, scored as the demo scores videos: by likelihood and by the generated letter read with
+    the evaluator's answer extraction."""
     from tcllava.data.conversations import MVBENCH_ANSWER_PREFIX
+    from tcllava.eval.extract import extract_choice
     from tcllava.eval.model_predictor import ModelPredictor
     from tcllava.eval.predictor import Prompt
     from tcllava.eval.protocols import MVBENCH_OFFICIAL
     from tcllava.video import read_video
 
-    predictor = ModelPredictor.from_pretrained(model_dir, max_new_tokens=2)
+    predictor = ModelPredictor.from_pretrained(model_dir, max_new_tokens=8)
     rows = json.loads((data / "images.json").read_text())[:limit]
     hits: dict[str, Counter[str]] = {"likelihood": Counter(), "generate": Counter()}
     totals: Counter[str] = Counter()
     for start in range(0, len(rows), 32):
         chunk = rows[start : start + 32]
-        clips, prompts, answers, options, kinds = [], [], [], [], []
-        for row in chunk:
-            system, question, answer = (turn["value"] for turn in row["conversations"][:3])
-            clips.append(read_video(data / row["image"], 1))
-            prompts.append(Prompt(system, question.replace("<image>", "<video>"), MVBENCH_ANSWER_PREFIX))
-            answers.append(answer.removeprefix(MVBENCH_ANSWER_PREFIX)[:1])
-            options.append(
-                [line[4:] for line in question.split("\n") if line[:1] == "(" and line[2:4] == ") "]
+        clips = [read_video(data / row["image"], 1) for row in chunk]
+        prompts = [
+            Prompt(
+                row["conversations"][0]["value"],
+                row["conversations"][1]["value"].replace("<image>", "<video>"),
+                MVBENCH_ANSWER_PREFIX,
             )
-            kinds.append(question.split("\n")[1].removeprefix("Question: ").split(" the ")[0])
+            for row in chunk
+        ]
+        quizzes = [row["quiz"] for row in chunk]
         scores = predictor.rank(
             clips,
             prompts,
-            [[MVBENCH_OFFICIAL.continuation(k, o) for k, o in enumerate(opts)] for opts in options],
+            [[MVBENCH_OFFICIAL.continuation(k, o) for k, o in enumerate(q["candidates"])] for q in quizzes],
         )
         replies = predictor.generate(clips, prompts)
-        for kind, answer, score, reply in zip(kinds, answers, scores, replies, strict=True):
-            totals[kind] += 1
-            hits["likelihood"][kind] += chr(ord("A") + score.index(max(score))) == answer
-            hits["generate"][kind] += reply.strip()[:1] == answer
-    report: dict[str, Any] = {"n": sum(totals.values())}
+        for quiz, score, reply in zip(quizzes, scores, replies, strict=True):
+            truth = chr(ord("A") + quiz["candidates"].index(quiz["answer"]))
+            totals[quiz["kind"]] += 1
+            hits["likelihood"][quiz["kind"]] += chr(ord("A") + score.index(max(score))) == truth
+            hits["generate"][quiz["kind"]] += extract_choice(reply, quiz["candidates"]) == truth
+    report: dict[str, Any] = {"n": sum(totals.values()), "n_by_kind": dict(sorted(totals.items()))}
     for scoring, counts in hits.items():
         report[scoring] = {
             "accuracy": 100 * sum(counts.values()) / max(1, sum(totals.values())),
-            "by_question": {k: 100 * counts[k] / totals[k] for k in sorted(totals)},
+            "by_kind": {k: 100 * counts[k] / totals[k] for k in sorted(totals)},
         }
     return report
 
@@ -106,7 +158,6 @@ def build_base(cfg: BaseConfig) -> Path:
     """Generate the still images, train a random tiny LLaVA on them, test it on held-out stills."""
     from tcllava.model import TCLlavaForConditionalGeneration
     from tcllava.model.factory import build_word_tokenizer
-    from tcllava.recipes.demo import recipe
     from tcllava.recipes.tiny_model import corpus, demo_config, save_checkpoint
     from tcllava.train import TrainConfig, train
 

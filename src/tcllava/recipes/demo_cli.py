@@ -4,27 +4,35 @@ from __future__ import annotations
 
 import argparse
 
+from tcllava.recipes.base import BaseConfig
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="a smoke test of the whole path in under two minutes"
     )
-    parser.add_argument("--out", default=None, help="default: runs/demo, or runs/base with --build-base")
+    parser.add_argument(
+        "--out", default=None, help="default: runs/demo; with --build-base: the cache (see --start)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps per variant and seed")
     parser.add_argument(
         "--start",
-        default="packaged",
-        help="what both variants are fine-tuned from: packaged (the tiny image LLaVA shipped with "
-        "tcllava, default), scratch (random weights) or a tcllava checkpoint directory, e.g. the image "
-        "LLaVA of --build-base",
+        default="base",
+        help="what both variants are fine-tuned from: base (default: the tiny image LLaVA, built on the "
+        "first run, about 28 minutes on two cores, and cached in $TCLLAVA_CACHE or ~/.cache/tcllava), "
+        "scratch (random weights) or a tcllava checkpoint directory",
+    )
+    parser.add_argument(
+        "--base-steps",
+        type=int,
+        default=None,
+        help=f"training steps of the image LLaVA (default {BaseConfig.steps}; fewer build faster and see worse)",
     )
     parser.add_argument(
         "--build-base",
         action="store_true",
-        help="instead of the demo, build the tiny image LLaVA from still images (about 28 minutes on two "
-        "cores; the packaged start is this build) into OUT/model (default OUT: runs/base); use it with "
-        "--start OUT/model",
+        help="only build the image LLaVA (into the cache the demo reads, or into OUT/model with --out)",
     )
     parser.add_argument(
         "--llm",
@@ -39,10 +47,16 @@ def run(args: argparse.Namespace) -> int:
     from tcllava.recipes.demo import DemoConfig, run_demo
 
     if args.build_base:
-        from tcllava.recipes.base import BaseConfig, build_base
+        from dataclasses import replace
 
-        settings = {"steps": args.steps} if args.steps else {}
-        model = build_base(BaseConfig(out=args.out or "runs/base", progress=not args.no_progress, **settings))
+        from tcllava.recipes.base import image_llava
+        from tcllava.recipes.demo import base_config
+
+        cfg = DemoConfig.quick() if args.quick else DemoConfig()
+        if args.base_steps:
+            cfg.base_steps = args.base_steps
+        build = replace(base_config(cfg), out=args.out or "", progress=not args.no_progress)
+        model = image_llava(build)
         print(f"image LLaVA: {model} (report: {model / 'base_report.json'})")
         return 0
     overrides = {
@@ -55,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["seeds"] = args.seeds
     if args.steps:
         overrides["steps"] = args.steps
+    if args.base_steps:
+        overrides["base_steps"] = args.base_steps
     cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
     run_demo(cfg)
     return 0
