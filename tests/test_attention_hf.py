@@ -15,7 +15,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from tcllava.attention import TCAttentionConfig, enable_tc_attention, rope_positions
+from tcllava.attention import TCAttentionConfig, cached_length, enable_tc_attention, rope_positions
 
 from conftest import pad_rows, video_layout
 
@@ -215,3 +215,15 @@ def test_config_validation():
     with pytest.raises(ValueError, match="gamma"):
         TCAttentionConfig(gamma=-1)
     assert TCAttentionConfig(gamma=0, mask="causal").is_vanilla
+
+
+def test_the_cache_is_found_under_either_transformers_name():
+    """transformers <= 5.23 passes the KV cache as `past_key_values`, 5.24 as `cache`: positions of new
+    tokens start after the cached ones either way."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    cache.update(torch.zeros(1, 2, 5, 4), torch.zeros(1, 2, 5, 4), 0)
+    assert cached_length({"past_key_values": cache}) == cached_length({"cache": cache}) == 5
+    assert cached_length({"cache": None, "past_key_values": cache}) == 5
+    assert cached_length({}) == cached_length({"cache": None}) == 0

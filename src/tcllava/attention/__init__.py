@@ -6,6 +6,7 @@ Knows nothing about LLaVA: usable on any LLaMA-family decoder from transformers.
 from tcllava.attention.hf import (
     ATTN_IMPLEMENTATION,
     TCAttentionConfig,
+    cached_length,
     enable_tc_attention,
     prepare_tc_inputs,
     record_attention,
@@ -24,6 +25,7 @@ __all__ = [
     "TCAttentionConfig",
     "attend",
     "block_ids",
+    "cached_length",
     "choose_kernel",
     "dense_mask",
     "enable_tc_attention",

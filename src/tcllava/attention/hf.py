@@ -114,9 +114,16 @@ def _sequence_lengths(kwargs: dict[str, Any]) -> tuple[int, int, int]:
     if tokens is None:
         raise ValueError("TC attention needs input_ids or inputs_embeds")
     batch, query_length = tokens.shape[:2]
-    cache = kwargs.get("past_key_values")
-    past = cache.get_seq_length() if cache is not None else 0
-    return batch, query_length, past + query_length
+    return batch, query_length, cached_length(kwargs) + query_length
+
+
+def cached_length(kwargs: dict[str, Any]) -> int:
+    """Tokens already in the KV cache of a call: transformers up to 5.23 names it ``past_key_values``,
+    from 5.24 ``cache`` (the old name still works there, deprecated)."""
+    cache = kwargs.get("cache")
+    if cache is None:
+        cache = kwargs.get("past_key_values")
+    return cache.get_seq_length() if cache is not None else 0
 
 
 def prepare_tc_inputs(

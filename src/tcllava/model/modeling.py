@@ -17,7 +17,7 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 
-from tcllava.attention import ATTN_IMPLEMENTATION, prepare_tc_inputs
+from tcllava.attention import ATTN_IMPLEMENTATION, cached_length, prepare_tc_inputs
 from tcllava.model.config import TCLlavaConfig
 from tcllava.model.processing import frame_ids_from_tokens
 
@@ -192,7 +192,9 @@ class TCLlavaForConditionalGeneration(TCLlavaPreTrainedModel, GenerationMixin):
             if input_ids is None:
                 raise ValueError("give input_ids or inputs_embeds")
             inputs_embeds = self.embed(input_ids, pixel_values_videos)
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if past_key_values is not None:  # transformers <= 5.23's name; 5.24 passes `cache` in kwargs
+            kwargs["past_key_values"] = past_key_values
+        past = cached_length(kwargs)
         if frame_ids is None:
             if past or input_ids is None:
                 raise ValueError(
@@ -214,7 +216,6 @@ class TCLlavaForConditionalGeneration(TCLlavaPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=positions,
-            past_key_values=past_key_values,
             labels=labels,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
@@ -226,24 +227,20 @@ class TCLlavaForConditionalGeneration(TCLlavaPreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
-        past_key_values=None,
         attention_mask: torch.Tensor | None = None,
         pixel_values_videos: PixelValues | None = None,
         frame_ids: torch.LongTensor | None = None,
         **kwargs,
     ):
         # generate() hands us the whole sequence so far: derive frame ids from it at every step (generated
-        # tokens are text), and send pixels only with the prefill.
+        # tokens are text), and send pixels only with the prefill. The cache stays in kwargs under the name
+        # this transformers version uses (`past_key_values`, or `cache` from 5.24).
         if frame_ids is None:
             frame_ids = self.frame_ids_for(input_ids)
+        prefill = cached_length(kwargs) == 0
         inputs = super().prepare_inputs_for_generation(
-            input_ids,
-            past_key_values=past_key_values,
-            attention_mask=attention_mask,
-            frame_ids=frame_ids,
-            **kwargs,
+            input_ids, attention_mask=attention_mask, frame_ids=frame_ids, **kwargs
         )
-        prefill = past_key_values is None or past_key_values.get_seq_length() == 0
         inputs["pixel_values_videos"] = pixel_values_videos if prefill else None
         return inputs
 
