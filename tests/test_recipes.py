@@ -275,7 +275,7 @@ def test_image_llava_is_built_once_per_settings_and_benchmark_words(tmp_path, mo
     keys.add(base.base_key(cfg))
     monkeypatch.setattr(base, "BASE_FORMAT", base.BASE_FORMAT - 1)
     words = base.benchmark_texts
-    monkeypatch.setattr(base, "benchmark_texts", lambda seed: [*words(seed), "How many zebras are there?"])
+    monkeypatch.setattr(base, "benchmark_texts", lambda seed: (*words(seed), "How many zebras are there?"))
     keys.add(base.base_key(cfg))
     assert len(keys) == 4
     with pytest.raises(ValueError, match="steps, batch_size and test_images must be positive"):

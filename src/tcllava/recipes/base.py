@@ -16,6 +16,7 @@ reusing a model that does not fit. An interrupted build resumes from its last ch
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -63,13 +64,15 @@ def recipe(name: str) -> Path:
     return Path(str(resources.files("tcllava") / "configs" / name))
 
 
-def benchmark_texts(seed: int = 0, per_task: int = 64) -> list[str]:
-    """Questions and candidates of every task of the video benchmark: the words the base must know."""
-    texts = []
+@functools.cache
+def benchmark_texts(seed: int = 0, per_task: int = 64) -> tuple[str, ...]:
+    """Questions and candidates of every task of the video benchmark: the words the base must know.
+    Cached: every demo seed and ablation cell hashes them to find its start."""
+    texts: list[str] = []
     for task in TASKS:
         for sample in make_samples(task, per_task, "train", seed, size=32):
             texts += [sample.question, *sample.candidates]
-    return texts
+    return tuple(texts)
 
 
 def cache_dir() -> Path:
@@ -170,7 +173,7 @@ def build_base(cfg: BaseConfig) -> Path:
         generate_images(test, cfg.test_images, seed=cfg.seed + 1, size=cfg.size)
     init = out / "init"
     if not (init / "config.json").is_file():
-        tokenizer = build_word_tokenizer(corpus([data / "images.json"]) + benchmark_texts(cfg.seed))
+        tokenizer = build_word_tokenizer([*corpus([data / "images.json"]), *benchmark_texts(cfg.seed)])
         config = demo_config(cfg, tokenizer, "plain")
         torch.manual_seed(cfg.seed)
         save_checkpoint(TCLlavaForConditionalGeneration(config), tokenizer, cfg, init)

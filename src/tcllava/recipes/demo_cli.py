@@ -46,31 +46,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tcllava.recipes.demo import DemoConfig, run_demo
 
-    if args.build_base:
-        from dataclasses import replace
-
-        from tcllava.recipes.base import image_llava
-        from tcllava.recipes.demo import base_config
-
-        cfg = DemoConfig.quick() if args.quick else DemoConfig()
-        if args.base_steps:
-            cfg.base_steps = args.base_steps
-        build = replace(base_config(cfg), out=args.out or "", progress=not args.no_progress)
-        model = image_llava(build)
-        print(f"image LLaVA: {model} (report: {model / 'base_report.json'})")
-        return 0
-    overrides = {
-        "out": args.out or "runs/demo",
-        "start": args.start,
-        "llm": args.llm,
-        "progress": not args.no_progress,
-    }
+    overrides = {"start": args.start, "llm": args.llm, "progress": not args.no_progress}
     if args.seeds:
         overrides["seeds"] = args.seeds
     if args.steps:
         overrides["steps"] = args.steps
     if args.base_steps:
         overrides["base_steps"] = args.base_steps
+    if args.build_base:
+        from dataclasses import replace
+
+        from tcllava.recipes.base import image_llava
+        from tcllava.recipes.demo import base_config
+
+        cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+        model = image_llava(replace(base_config(cfg), out=args.out or ""))
+        print(f"image LLaVA: {model} (report: {model / 'base_report.json'})")
+        return 0
+    overrides["out"] = args.out or "runs/demo"
     cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
     run_demo(cfg)
     return 0
