@@ -85,9 +85,9 @@ def build(case: str, path: Path, frames: int):
         tokens_per_frame, video_id = (224 // 14 // 2) ** 2, model.config.video_token_index
     else:
         tc = (
-            {"gamma": 1.0, "attention_mask_kind": "frame_block_causal"}
+            {"gamma": 1.0, "mask": "frame_block_causal"}
             if case == "tcllava_tc"
-            else {"gamma": 0.0, "attention_mask_kind": "causal"}
+            else {"gamma": 0.0, "mask": "causal"}
         )
         model = load_model(path, **tc)
         tokens_per_frame, video_id = model.config.tokens_per_frame, model.config.media_token_id

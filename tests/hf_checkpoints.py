@@ -164,7 +164,7 @@ def save_tiny_tcllava(
         heads=2,
         pool_shape=pool_shape,
         chat_template="plain",
-        gamma=1.0,
+        tc_attention={"gamma": 1.0},
     )
     torch.manual_seed(seed)
     model = TCLlavaForConditionalGeneration(config).eval()

@@ -129,11 +129,11 @@ def test_lmms_eval_registry_finds_tcllava_through_the_entry_point() -> None:
 
 def test_model_args_are_taken_as_lmms_eval_passes_them(checkpoint: Path) -> None:
     lm = TCLlava.create_from_arg_string(
-        f"pretrained={checkpoint},num_frames=6,dtype=float32,gamma=0.0,attention_mask_kind=causal",
+        f"pretrained={checkpoint},num_frames=6,dtype=float32,gamma=0.0,mask=causal",
         {"batch_size": "auto", "max_batch_size": 8, "device": "cpu"},
     )
     assert lm.num_frames == 6 and lm.batch_size == 1 and lm.device == torch.device("cpu")
-    assert lm.model.config.gamma == 0.0 and lm.model.config.attention_mask_kind == "causal"
+    assert lm.model.config.tc_attention.gamma == 0.0 and lm.model.config.tc_attention.mask == "causal"
     assert lm.model.dtype == torch.float32 and lm.rank == 0 and lm.world_size == 1
     with pytest.raises(ValueError, match="loglikelihood_score"):
         TCLlava(str(checkpoint), loglikelihood_score="mean")

@@ -23,7 +23,7 @@ from tcllava.model import (
 from tcllava.model.processing import IGNORE_INDEX
 from tcllava.video import write_video
 
-VANILLA = dict(gamma=0.0, attention_mask_kind="causal")
+VANILLA = dict(gamma=0.0, mask="causal")
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_llava_next_video_logits_equal_transformers_where_pooling_matches(checkp
         want = hf(input_ids=ids, pixel_values_videos=pixels).logits
         got = ours(input_ids=ids, pixel_values_videos=pixels).logits
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    tc = load_model(path, gamma=1.0, attention_mask_kind="frame_block_causal")
+    tc = load_model(path, gamma=1.0, mask="frame_block_causal")
     with torch.no_grad():
         assert (tc(input_ids=ids, pixel_values_videos=pixels).logits - want).abs().max() > 1e-4
 
@@ -131,7 +131,7 @@ def test_convert_cli_writes_a_loadable_tcllava_checkpoint(checkpoints, tmp_path)
     )
     assert json.loads((tmp_path / "tc" / "config.json").read_text())["model_type"] == "tcllava"
     model, _ = load(tmp_path / "tc")
-    assert model.config.gamma == 0.5 and model.config.pool_shape == [4, 2, 2]
+    assert model.config.tc_attention.gamma == 0.5 and model.config.pool_shape == [4, 2, 2]
     assert isinstance(AutoConfig.from_pretrained(tmp_path / "tc"), TCLlavaConfig)
     assert isinstance(AutoModel.from_pretrained(tmp_path / "tc"), TCLlavaForConditionalGeneration)
     answer = model.chat(_frames(5), "what happens first ?", max_new_tokens=3)
@@ -151,7 +151,7 @@ def test_save_load_round_trip_is_exact(tiny, tmp_path):
     again, _ = load(tmp_path)
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, again(**batch).logits)
-    assert again.config.to_dict()["gamma"] == 1.0
+    assert again.config.to_dict()["tc_attention"]["gamma"] == 1.0
 
 
 def test_batched_generation_equals_one_by_one(tiny):
@@ -256,5 +256,5 @@ def test_viz_attention_compares_vanilla_and_tc_maps(tiny, tmp_path):
     weights = attention_map(model, batch, layer=-1)
     frame = (batch["frame_ids"][0] == 0).nonzero()[:, 0]
     assert weights[frame[0], frame[-1]] > 0  # TC: a frame's first token sees its last
-    vanilla, _ = load(tiny, gamma=0.0, attention_mask_kind="causal")
+    vanilla, _ = load(tiny, gamma=0.0, mask="causal")
     assert attention_map(vanilla, batch, layer=-1)[frame[0], frame[-1]] == 0

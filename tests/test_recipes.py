@@ -106,8 +106,10 @@ def test_demo_variants_differ_only_in_tc_attention_and_chat_works_on_the_checkpo
         model_dir = results["models"][variant]["0"]
         configs[variant] = json.loads((Path(model_dir) / "config.json").read_text())
     different = {k for k in configs["vanilla"] if configs["vanilla"][k] != configs["tc-llava"].get(k)}
-    assert different == {"gamma", "attention_mask_kind"}
-    assert (configs["vanilla"]["gamma"], configs["vanilla"]["attention_mask_kind"]) == (0.0, "causal")
+    assert different == {"tc_attention"}
+    vanilla, tc = configs["vanilla"]["tc_attention"], configs["tc-llava"]["tc_attention"]
+    assert {k for k in vanilla if vanilla[k] != tc[k]} == {"gamma", "mask"}
+    assert (vanilla["gamma"], vanilla["mask"]) == (0.0, "causal")
     video = results["chat_example"]["video"]
     assert (
         cli_main(
@@ -152,7 +154,7 @@ def test_ablation_grid_runs_and_resumes_without_retraining(tmp_path, monkeypatch
     trained = json.loads(
         (tmp_path / "ablate" / "runs" / "tc-next-seed0" / "final" / "config.json").read_text()
     )
-    assert trained["text_after_video"] == "next" and trained["gamma"] == 1
+    assert trained["tc_attention"]["text_after_video"] == "next" and trained["tc_attention"]["gamma"] == 1
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished cell was trained again")
@@ -175,7 +177,7 @@ def test_smollm2_option_wraps_the_pretrained_llm_unchanged(tmp_path):
     TC off its text logits equal transformers' own model read from the same GGUF file."""
     cfg = DemoConfig(llm="smollm2", frames=4, size=32, pool=2)
     path = build_initial_checkpoint(cfg, tmp_path, 0, tmp_path / "init")
-    model, processor = load(path, gamma=0.0, attention_mask_kind="causal")
+    model, processor = load(path, gamma=0.0, mask="causal")
     gguf = smollm2_gguf()
     reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     text = processor.tokenizer("Water boils at a temperature of", return_tensors="pt")
@@ -215,7 +217,7 @@ def test_image_llava_base_builds_and_the_demo_starts_from_it(tmp_path):
     trained = json.loads((tmp_path / "base" / "run" / "report.json").read_text())
     assert trained["steps"] == 3 and trained["finished"]
     config = json.loads((model_dir / "config.json").read_text())
-    assert (config["gamma"], config["attention_mask_kind"]) == (0.0, "causal")
+    assert (config["tc_attention"]["gamma"], config["tc_attention"]["mask"]) == (0.0, "causal")
 
     # An image file is one frame in chat, as in training (not a video of repeated frames).
     model, _ = load(model_dir)

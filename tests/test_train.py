@@ -85,7 +85,7 @@ def test_config_yaml_overrides_and_validation(tmp_path):
         ("batch_size=two", "batch_size must be an integer"),
         ("max_steps=0", "max_steps must be >= 1"),
         ("batch_size=2 global_batch_size=7", "not a multiple"),
-        ("mask=diagonal", "mask must be one of"),
+        ("attention.mask=diagonal", "mask must be one of"),
         ("frame_sampling=sometimes", "frame_sampling must be one of"),
         ("oops", "not key=value"),
     ]:

@@ -34,7 +34,7 @@ def build_checkpoint(path: Path, seed: int = 0, **fields) -> Path:
         heads=2,
         pool_shape=(0, 2, 2),
         chat_template="plain",
-        **{"gamma": 1.0, **fields},
+        **{"tc_attention": {"gamma": 1.0}, **fields},
     )
     torch.manual_seed(seed)
     model = TCLlavaForConditionalGeneration(config)

@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load": "tcllava.model",
+    "chat": "tcllava.model",
     "TCLlavaConfig": "tcllava.model",
     "TCLlavaForConditionalGeneration": "tcllava.model",
     "TCLlavaProcessor": "tcllava.model",

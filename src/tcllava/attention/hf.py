@@ -19,45 +19,18 @@ import inspect
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import AttentionInterface
 
-from tcllava.attention.kernels import KERNELS, attend, attention_weights
+from tcllava.attention.kernels import attend, attention_weights
 from tcllava.attention.layout import FrameLayout
-from tcllava.attention.masks import check_kind
-from tcllava.attention.positions import TEXT_AFTER_VIDEO_READINGS, rope_positions
+from tcllava.attention.positions import rope_positions
+from tcllava.attention.settings import TCAttentionConfig
 
 ATTN_IMPLEMENTATION = "tcllava"
-
-
-@dataclass
-class TCAttentionConfig:
-    """The TC settings: all of them change only positions and the mask, none adds a parameter."""
-
-    gamma: float = 1.0
-    mask: str = "frame_block_causal"
-    text_after_video: str = "paper"
-    kernel: str = "auto"
-
-    def __post_init__(self) -> None:
-        check_kind(self.mask)
-        if self.text_after_video not in TEXT_AFTER_VIDEO_READINGS:
-            raise ValueError(f"text_after_video must be one of {TEXT_AFTER_VIDEO_READINGS}")
-        if self.kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
-        if self.gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {self.gamma}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def is_vanilla(self) -> bool:
-        return self.gamma == 0 and self.mask == "causal"
 
 
 def tc_attention_forward(
@@ -194,9 +167,7 @@ def enable_tc_attention(
     frame_ids=...)`` use the TC positions and mask; without ``frame_ids`` every token is text. With
     ``gamma=0`` and ``mask="causal"`` the model computes exactly what it did before.
     """
-    config = config or TCAttentionConfig()
-    if overrides:
-        config = TCAttentionConfig(**{**config.to_dict(), **overrides})
+    config = (config or TCAttentionConfig()).replace(**overrides)
     if getattr(model, "tc_attention_config", None) is None:
         model.register_forward_pre_hook(_tc_pre_hook, with_kwargs=True)
         if hasattr(model, "_validate_model_kwargs"):

@@ -142,7 +142,7 @@ def _repeat_kv(x: torch.Tensor, heads: int) -> torch.Tensor:
 def prefix_attention(q, k, v, layout: FrameLayout, scale: float) -> torch.Tensor:
     if layout.groups is None:
         raise ValueError(
-            f"the prefix kernel needs a prefix mask kind and contiguous padding (mask {layout.kind!r})"
+            f"the prefix kernel needs a prefix mask kind and contiguous padding (mask {layout.mask!r})"
         )
     k, v = _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1])
     if q.device.type == "cpu":
@@ -160,7 +160,7 @@ def flex_attention(q, k, v, layout: FrameLayout, scale: float, compiled: bool | 
     from torch.nn.attention.flex_attention import flex_attention as flex
 
     if not layout.is_prefix:
-        raise ValueError(f"the flex kernel implements the prefix kinds, not {layout.kind!r}")
+        raise ValueError(f"the flex kernel implements the prefix kinds, not {layout.mask!r}")
     compiled = q.device.type != "cpu" if compiled is None else compiled
     if compiled and _compiled_flex is None:
         _compiled_flex = torch.compile(flex, dynamic=False)
@@ -220,7 +220,7 @@ def choose_kernel(q: torch.Tensor, layout: FrameLayout, dropout: float = 0.0) ->
         return "decode"
     if dropout > 0 or layout.groups is None:
         return "sdpa"
-    if layout.kind == "causal" and not layout.has_padding and layout.query_start == 0:
+    if layout.mask == "causal" and not layout.has_padding and layout.query_start == 0:
         return "causal"
     if q.device.type == "cuda":
         return "flex"

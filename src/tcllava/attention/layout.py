@@ -43,18 +43,18 @@ class FrameLayout:
 
     frame_ids: torch.Tensor
     real: torch.Tensor
-    kind: str = "frame_block_causal"
+    mask: str = "frame_block_causal"
     query_length: int | None = None
     _block_masks: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        check_kind(self.kind)
+        check_kind(self.mask)
         if self.frame_ids.shape != self.real.shape:
             raise ValueError(
                 f"frame_ids {tuple(self.frame_ids.shape)} and padding {tuple(self.real.shape)} differ"
             )
         self.real = self.real.bool()
-        if self.kind == "causal":
+        if self.mask == "causal":
             # Under the causal mask frames do not matter: every token is its own block.
             self.frame_ids = torch.full_like(self.frame_ids, -1)
         if self.query_length is None:
@@ -70,7 +70,7 @@ class FrameLayout:
 
     @property
     def is_prefix(self) -> bool:
-        return self.kind in PREFIX_KINDS
+        return self.mask in PREFIX_KINDS
 
     @cached_property
     def blocks(self) -> torch.Tensor:
@@ -100,7 +100,7 @@ class FrameLayout:
     def dense(self) -> torch.Tensor:
         """[B, Q, T] bool mask for the current queries. Padding queries may attend themselves only, so
         that no row is empty (an empty row is NaN in SDPA); their outputs are never used."""
-        full = dense_mask(self.frame_ids, self.kind, self.real)
+        full = dense_mask(self.frame_ids, self.mask, self.real)
         index = torch.arange(self.total_length, device=full.device)
         full = full | ((~self.real)[:, :, None] & (index[:, None] == index[None, :]))
         return full[:, self.query_start :]

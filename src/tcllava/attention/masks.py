@@ -24,7 +24,7 @@ PREFIX_KINDS = ("causal", "frame_block_causal")
 
 def check_kind(kind: str) -> str:
     if kind not in MASK_KINDS:
-        raise ValueError(f"unknown mask kind {kind!r}; choose one of {MASK_KINDS}")
+        raise ValueError(f"unknown mask kind {kind!r}: mask must be one of {MASK_KINDS}")
     return kind
 
 

@@ -126,7 +126,7 @@ class TCLlava(lmms):
         max_batch_size: int | None = None,  # passed by lmms-eval's evaluator; unused (no "auto" batching)
         **overrides: Any,
     ) -> None:
-        """``overrides`` replace config fields of the checkpoint, e.g. ``gamma=0.0,attention_mask_kind=causal``.
+        """``overrides`` replace config fields of the checkpoint, e.g. ``gamma=0.0,mask=causal``.
         ``loglikelihood_score``: see the module docstring."""
         super().__init__()
         if loglikelihood_score not in SCORES:

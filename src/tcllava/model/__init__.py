@@ -1,30 +1,35 @@
-"""TC-LLaVA: config, model, processor, llava-hf conversion and loading."""
+"""TC-LLaVA: config, model, processor, llava-hf mapping, loading and answering.
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+Modules, each importing only those above it: ``config`` -> ``templates``, ``processing`` -> ``llava_hf``
+-> ``generation`` -> ``modeling`` -> ``convert``, ``api``. Names are imported lazily, so that a light
+module (``tcllava.model.templates``) costs no transformers import.
+"""
 
-from tcllava.model.api import chat, load, load_model
-from tcllava.model.config import TCLlavaConfig
-from tcllava.model.convert import CheckpointError, convert_llava_hf, load_llava_hf
-from tcllava.model.modeling import TCLlavaForConditionalGeneration
-from tcllava.model.processing import SampleTooLong, TCLlavaProcessor, frame_ids_from_tokens
-from tcllava.model.templates import TEMPLATES, Message
+from __future__ import annotations
 
-AutoConfig.register(TCLlavaConfig.model_type, TCLlavaConfig, exist_ok=True)
-AutoModel.register(TCLlavaConfig, TCLlavaForConditionalGeneration, exist_ok=True)
-AutoModelForImageTextToText.register(TCLlavaConfig, TCLlavaForConditionalGeneration, exist_ok=True)
+import importlib
+from typing import Any
 
-__all__ = [
-    "TEMPLATES",
-    "CheckpointError",
-    "Message",
-    "SampleTooLong",
-    "TCLlavaConfig",
-    "TCLlavaForConditionalGeneration",
-    "TCLlavaProcessor",
-    "chat",
-    "convert_llava_hf",
-    "frame_ids_from_tokens",
-    "load",
-    "load_llava_hf",
-    "load_model",
-]
+_LAZY = {
+    "TCLlavaConfig": "tcllava.model.config",
+    "CheckpointError": "tcllava.model.config",
+    "TEMPLATES": "tcllava.model.templates",
+    "Message": "tcllava.model.templates",
+    "TCLlavaProcessor": "tcllava.model.processing",
+    "SampleTooLong": "tcllava.model.processing",
+    "PromptTooLong": "tcllava.model.processing",
+    "frame_ids_from_tokens": "tcllava.model.processing",
+    "TCLlavaForConditionalGeneration": "tcllava.model.modeling",
+    "chat": "tcllava.model.generation",
+    "convert_llava_hf": "tcllava.model.convert",
+    "load": "tcllava.model.api",
+    "load_model": "tcllava.model.api",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tcllava.model' has no attribute {name!r}")

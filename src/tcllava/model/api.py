@@ -1,17 +1,15 @@
-"""The user-facing entry points: ``load`` a checkpoint directory, ``chat`` about a video."""
+"""The user-facing entry points: ``load`` a checkpoint directory (tcllava, llava-hf or a LoRA adapter)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tcllava.model.config import TCLlavaConfig
-from tcllava.model.convert import SUPPORTED, CheckpointError, load_llava_hf, read_config
+from tcllava.model.config import CheckpointError, TCLlavaConfig, read_config
+from tcllava.model.llava_hf import SUPPORTED, check_weights
 from tcllava.model.modeling import TCLlavaForConditionalGeneration
 from tcllava.model.processing import TCLlavaProcessor
 
@@ -23,10 +21,11 @@ DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    """fp32 on CPU (bf16 is emulated and slow there, method.md 6), bf16 on GPU, unless asked otherwise."""
+    """fp32 on CPU (bf16 is emulated and slow there, docs/method.md 6), bf16 on GPU, unless asked otherwise."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
@@ -36,27 +35,39 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def check_device(device: str) -> torch.device:
+    """The device, or a clear error when this build of torch cannot use it."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this torch build or machine has no CUDA GPU; use --device cpu")
+    return parsed
+
+
 def load_model(
     path: str | Path, dtype: torch.dtype = torch.float32, **overrides: Any
 ) -> TCLlavaForConditionalGeneration:
     """A tcllava checkpoint, loaded strictly (every key present, none unknown), or a llava-hf one mapped
-    on the fly. ``overrides`` replace config fields (e.g. ``gamma``, ``attention_mask_kind``)."""
+    on the fly. ``overrides``: TC settings (``gamma``, ``mask``, ``text_after_video``, ``kernel``) and the
+    config fields of :data:`~tcllava.model.config.OVERRIDABLE`; any other name is an error."""
     path = Path(path)
     if (path / ADAPTER_CONFIG).is_file():
         return load_adapter(path, dtype, **overrides)
     kind = read_config(path).get("model_type")
     if kind in SUPPORTED:
-        return load_llava_hf(path, dtype=dtype, **overrides)
+        return TCLlavaForConditionalGeneration.from_llava_hf(path, dtype=dtype, **overrides)
     if kind != TCLlavaConfig.model_type:
         raise CheckpointError(
             f"{path}: model_type {kind!r} is neither tcllava nor a llava-hf layout ({', '.join(SUPPORTED)})"
         )
-    config = TCLlavaConfig.from_pretrained(path)
-    for key, value in overrides.items():
-        if not hasattr(config, key):
-            raise ValueError(f"unknown config field {key!r}")
-        setattr(config, key, value)
-    config.tc_attention  # noqa: B018  (validate overrides)
+    try:
+        config = TCLlavaConfig.from_pretrained(path)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path / 'config.json'}: not a valid tcllava config ({e})") from None
+    config.apply_overrides(**overrides)
+    check_weights(path)
     model, info = TCLlavaForConditionalGeneration.from_pretrained(
         path, config=config, dtype=dtype, output_loading_info=True
     )
@@ -69,11 +80,11 @@ def load_model(
     return model.eval()
 
 
-ADAPTER_CONFIG = "adapter_config.json"
-
-
 def adapter_base(path: Path) -> Path:
-    base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    try:
+        base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise CheckpointError(f"{path / ADAPTER_CONFIG}: not a valid adapter config ({e})") from None
     if not base or not Path(base).is_dir():
         raise CheckpointError(f"{path}: LoRA adapter whose base model {base!r} is not a local directory")
     return Path(base)
@@ -94,8 +105,12 @@ def load(
     num_frames: int | None = None,
     **overrides: Any,
 ) -> tuple[TCLlavaForConditionalGeneration, TCLlavaProcessor]:
-    """``model, processor = tcllava.load(path)``; the processor is also attached as ``model.processor``."""
-    model = load_model(path, resolve_dtype(dtype, device), **overrides).to(device)
+    """``model, processor = tcllava.load(path)``; the processor is also attached as ``model.processor``.
+    ``overrides`` as for :func:`load_model` (``gamma=0.0, mask="causal"`` loads the vanilla variant)."""
+    target = check_device(device)
+    if num_frames is not None and num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    model = load_model(path, resolve_dtype(dtype, target.type), **overrides).to(target)
     path = Path(path)
     has_tokenizer = (path / "tokenizer_config.json").is_file()
     source = adapter_base(path) if (path / ADAPTER_CONFIG).is_file() and not has_tokenizer else path
@@ -104,49 +119,3 @@ def load(
         processor.num_frames = num_frames
     model.processor = processor
     return model, processor
-
-
-def chat(
-    model: TCLlavaForConditionalGeneration,
-    video: str | Path | torch.Tensor,
-    question: str,
-    processor: TCLlavaProcessor | None = None,
-    num_frames: int | None = None,
-    system: str | None = None,
-    answer_prefix: str = "",
-    streamer: Any = None,
-    on_progress: Callable[[str], None] | None = None,
-    **generate_kwargs: Any,
-) -> str:
-    """Answer one question about a video file, an image file (one frame, as in training), or frames
-    [T, H, W, 3]."""
-    from tcllava.video import read_video
-    from tcllava.video.images import IMAGE_SUFFIXES
-
-    processor = processor or getattr(model, "processor", None)
-    if processor is None:
-        raise ValueError("no processor: load the model with tcllava.load(path) or pass processor=")
-    frames = video
-    if not isinstance(video, torch.Tensor):
-        if on_progress:
-            on_progress(f"decoding {video}")
-        if num_frames is None:
-            num_frames = 1 if Path(video).suffix.lower() in IMAGE_SUFFIXES else processor.num_frames
-        frames = read_video(video, num_frames).frames
-    placeholder = "<image>" if frames.ndim == 3 or frames.shape[0] == 1 else "<video>"
-    batch = processor(
-        processor.question(question, placeholder, system), [frames], answer_prefix=answer_prefix
-    )
-    if on_progress:
-        on_progress(f"prefill of {batch['input_ids'].shape[1]} tokens")
-    inputs = {k: (v.to(model.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-    generate_kwargs.setdefault("max_new_tokens", 256)
-    generate_kwargs.setdefault("eos_token_id", processor.stop_token_ids())
-    generate_kwargs.setdefault("pad_token_id", processor.tokenizer.pad_token_id)
-    with torch.inference_mode():
-        out = model.generate(**inputs, streamer=streamer, **generate_kwargs)
-    return processor.decode(out[0, inputs["input_ids"].shape[1] :])
-
-
-def config_summary(config: TCLlavaConfig) -> dict[str, Any]:
-    return {"tc_attention": dataclasses.asdict(config.tc_attention), "pool_shape": config.pool_shape}

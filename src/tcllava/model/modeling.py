@@ -14,11 +14,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    GenerationMixin,
+    PreTrainedModel,
+)
 from transformers.activations import ACT2FN
 
-from tcllava.attention import ATTN_IMPLEMENTATION, cached_length, prepare_tc_inputs
-from tcllava.model.config import TCLlavaConfig
+from tcllava.attention import ATTN_IMPLEMENTATION, SETTINGS, cached_length, prepare_tc_inputs
+from tcllava.model import generation
+from tcllava.model.config import OVERRIDABLE, TCLlavaConfig, read_config
+from tcllava.model.llava_hf import convert_state_dict, is_llava_hf, load_state_dict, tcllava_config_from_llava
 from tcllava.model.processing import frame_ids_from_tokens
 
 # One media item: [frames, 3, H, W] pixels (an image is one frame). A batch passes a list of them in the
@@ -50,7 +59,9 @@ class TCLlavaPreTrainedModel(PreTrainedModel):
 
 
 class TCLlavaForConditionalGeneration(TCLlavaPreTrainedModel, GenerationMixin):
-    def __init__(self, config: TCLlavaConfig) -> None:
+    def __init__(self, config: TCLlavaConfig, **unknown) -> None:
+        if unknown:  # what from_pretrained could not place: a misspelt setting must not load silently
+            config.apply_overrides(**unknown)
         super().__init__(config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = TCLlavaProjector(
@@ -83,17 +94,42 @@ class TCLlavaForConditionalGeneration(TCLlavaPreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Also takes a llava-hf directory (LLaVA-1.5, -NeXT, -NeXT-Video, -OneVision): weights are mapped
-        strictly (:mod:`tcllava.model.convert`), other keyword arguments become config overrides."""
-        from tcllava.model.convert import SUPPORTED, load_llava_hf, read_config
-
+        """A tcllava directory, or a llava-hf one (LLaVA-1.5, -NeXT, -NeXT-Video, -OneVision) whose weights
+        are mapped strictly. TC settings (``gamma=0.0, mask="causal"``) and the fields of
+        :data:`~tcllava.model.config.OVERRIDABLE` given as keywords change the loaded config."""
+        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in SETTINGS or k in OVERRIDABLE}
         path = Path(str(pretrained_model_name_or_path))
-        if (path / "config.json").is_file() and read_config(path).get("model_type") in SUPPORTED:
-            if args:
-                raise ValueError("a llava-hf directory takes keyword config overrides only")
+        if is_llava_hf(path):
             dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
-            return load_llava_hf(path, dtype=dtype, **kwargs)
+            if args or kwargs:
+                raise ValueError(
+                    f"a llava-hf directory takes TC settings and dtype only, not {sorted(kwargs)}"
+                )
+            return cls.from_llava_hf(path, dtype=dtype, **overrides)
+        if overrides:
+            config = kwargs.pop("config", None) or TCLlavaConfig.from_pretrained(
+                pretrained_model_name_or_path
+            )
+            config.apply_overrides(**overrides)
+            kwargs["config"] = config
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    @classmethod
+    def from_llava_hf(
+        cls, path: str | Path, dtype: torch.dtype | None = None, **overrides
+    ) -> TCLlavaForConditionalGeneration:
+        """A llava-hf checkpoint's weights in a tcllava model, every key and shape checked."""
+        config = tcllava_config_from_llava(read_config(path), **overrides)
+        model = cls(config)
+        target = model.state_dict(keep_vars=True)
+        model.load_state_dict(
+            convert_state_dict(load_state_dict(Path(path)), target, str(path)), strict=False
+        )
+        if config.tie_word_embeddings:
+            model.language_model.tie_weights()
+        if dtype is not None:
+            model.to(dtype)
+        return model.eval()
 
     # -- embeddings plumbing expected by transformers (resize_token_embeddings, peft, generation) --
     def get_input_embeddings(self) -> nn.Module:
@@ -220,7 +256,7 @@ class TCLlavaForConditionalGeneration(TCLlavaPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
             tc_layout=layout,
-            tc_kernel=self.config.attention_kernel,
+            tc_kernel=self.config.tc_attention.kernel,
             **kwargs,
         )
 
@@ -245,7 +281,10 @@ class TCLlavaForConditionalGeneration(TCLlavaPreTrainedModel, GenerationMixin):
         return inputs
 
     def chat(self, video, question: str, **kwargs) -> str:
-        """Answer a question about a video (see :func:`tcllava.model.api.chat`)."""
-        from tcllava.model.api import chat
+        """Answer a question about a video (see :func:`tcllava.model.generation.chat`)."""
+        return generation.chat(self, video, question, **kwargs)
 
-        return chat(self, video, question, **kwargs)
+
+AutoConfig.register(TCLlavaConfig.model_type, TCLlavaConfig, exist_ok=True)
+AutoModel.register(TCLlavaConfig, TCLlavaForConditionalGeneration, exist_ok=True)
+AutoModelForImageTextToText.register(TCLlavaConfig, TCLlavaForConditionalGeneration, exist_ok=True)

@@ -9,6 +9,7 @@ batch (left for generation, right for training) and returns the ``frame_ids`` th
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tcllava.attention import rope_positions
 from tcllava.model.config import TCLlavaConfig
 from tcllava.model.templates import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, ChatTemplate, Message, get_template
 
@@ -28,6 +30,10 @@ _PLACEHOLDER = re.compile(f"({re.escape(VIDEO_PLACEHOLDER)}|{re.escape(IMAGE_PLA
 
 class SampleTooLong(ValueError):
     """A sample whose tokens exceed ``max_length``: visual tokens are never cut, so it cannot be used."""
+
+
+class PromptTooLong(ValueError):
+    """A prompt (plus the tokens to generate) that reaches past the LLM's trained positions."""
 
 
 def frame_ids_from_tokens(
@@ -108,30 +114,26 @@ class TCLlavaProcessor:
     def _token_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
-    def encode(
-        self,
-        pieces: list[tuple[str, bool]],
-        media: Sequence[torch.Tensor | np.ndarray] = (),
-        max_length: int | None = None,
-    ) -> Encoded:
-        """Tokenise rendered pieces; each placeholder takes the next clip of ``media`` (frames [T, H, W, 3])."""
+    def token_ids(
+        self, pieces: list[tuple[str, bool]], frame_counts: Sequence[int]
+    ) -> tuple[list[int], list[int]]:
+        """(input_ids, labels) of rendered pieces whose placeholders take clips of ``frame_counts`` frames:
+        the token layout, known before any frame is decoded."""
         ids: list[int] = []
         labels: list[int] = []
-        pixels: list[torch.Tensor] = []
         if self.template.bos and self.tokenizer.bos_token_id is not None:
             ids.append(self.tokenizer.bos_token_id)
             labels.append(IGNORE_INDEX)
-        media = list(media)
+        clips = 0
         for text, trainable in pieces:
             for part in _PLACEHOLDER.split(text):
                 if part in (VIDEO_PLACEHOLDER, IMAGE_PLACEHOLDER):
-                    if len(pixels) == len(media):
+                    if clips == len(frame_counts):
                         raise ValueError(
-                            f"the prompt has more media placeholders than the {len(media)} clips given"
+                            f"the prompt has more media placeholders than the {len(frame_counts)} clips given"
                         )
-                    values = self.pixel_values(media[len(pixels)])
-                    pixels.append(values)
-                    count = self.config.media_tokens(values.shape[0])
+                    count = self.config.media_tokens(frame_counts[clips])
+                    clips += 1
                     ids += [self.config.media_token_id] * count
                     labels += [IGNORE_INDEX] * count
                 else:
@@ -140,11 +142,49 @@ class TCLlavaProcessor:
                         raise ValueError("the text contains the media token itself; use <video> or <image>")
                     ids += part_ids
                     labels += part_ids if trainable else [IGNORE_INDEX] * len(part_ids)
-        if len(pixels) != len(media):
-            raise ValueError(f"{len(media)} clips given but the prompt has {len(pixels)} media placeholders")
+        if clips != len(frame_counts):
+            raise ValueError(f"{len(frame_counts)} clips given but the prompt has {clips} media placeholders")
+        return ids, labels
+
+    def encode(
+        self,
+        pieces: list[tuple[str, bool]],
+        media: Sequence[torch.Tensor | np.ndarray] = (),
+        max_length: int | None = None,
+    ) -> Encoded:
+        """Tokenise rendered pieces; each placeholder takes the next clip of ``media`` (frames [T, H, W, 3])."""
+        pixels = [self.pixel_values(clip) for clip in media]
+        ids, labels = self.token_ids(pieces, [p.shape[0] for p in pixels])
         if max_length is not None and len(ids) > max_length:
             raise SampleTooLong(f"{len(ids)} tokens exceed max_length {max_length}")
         return Encoded(ids, labels, pixels)
+
+    def check_context(self, input_ids: Sequence[int], max_new_tokens: int = 0) -> None:
+        """Refuse a prompt whose RoPE positions, with ``max_new_tokens`` generated after it, pass the
+        LLM's trained context; the error says how many frames, or how much less text, would fit."""
+        ids = torch.tensor([list(input_ids)])
+        tc = self.config.tc_attention
+        frame_ids = frame_ids_from_tokens(ids, self.config.media_token_id, self.config.tokens_per_frame)
+        last = float(rope_positions(frame_ids, tc.gamma, None, tc.text_after_video)[0, -1])
+        last += (1 + tc.gamma) * max_new_tokens
+        limit = self.config.max_positions - 1
+        if last <= limit:
+            return
+        over = last - limit
+        frames = int(frame_ids.max()) + 1
+        text = int((frame_ids < 0).sum())
+        per_frame = self.config.tokens_per_frame + tc.gamma
+        fit = frames - math.ceil(over / per_frame)
+        hint = (
+            f"at most {max(fit, 0)} frames fit with this text"
+            if frames and fit > 0
+            else f"the text alone is {text} tokens: shorten it by at least {math.ceil(over / (1 + tc.gamma))} tokens"
+        )
+        raise PromptTooLong(
+            f"the prompt ({len(ids[0])} tokens: {frames} frames of {self.config.tokens_per_frame} visual tokens "
+            f"and {text} text tokens) with {max_new_tokens} new tokens reaches RoPE position {last:g}, but the "
+            f"model was trained on {self.config.max_positions} positions; {hint}"
+        )
 
     def collate(self, samples: Sequence[Encoded], padding_side: str = "left") -> dict[str, Any]:
         """Pad to one length; media stay a flat list in placeholder order (row by row)."""

@@ -6,7 +6,8 @@ import argparse
 import sys
 import time
 
-from tcllava.attention import MASK_KINDS
+from tcllava.argtypes import non_negative_float, non_negative_int, positive_int, probability
+from tcllava.attention.settings import add_arguments, overrides_from
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -14,19 +15,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="tcllava or llava-hf checkpoint directory")
     parser.add_argument("--video", required=True, help="video file, frame folder or image")
     parser.add_argument(
-        "--frames", type=int, default=None, help="frames to sample (default: the processor's)"
+        "--frames", type=positive_int, default=None, help="frames to sample (default: the processor's)"
     )
-    parser.add_argument("--gamma", type=float, default=None, help="override the temporal RoPE ratio")
-    parser.add_argument("--mask", choices=MASK_KINDS, default=None, help="override the attention mask kind")
+    add_arguments(parser)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16, float16"
     )
     parser.add_argument("--system", default=None, help="system prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=256)
+    parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-p", type=probability, default=1.0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,11 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from tcllava.model import CheckpointError, load
     from tcllava.video import VideoError
 
-    overrides = {}
-    if args.gamma is not None:
-        overrides["gamma"] = args.gamma
-    if args.mask is not None:
-        overrides["attention_mask_kind"] = args.mask
+    overrides = overrides_from(args)
     start = time.perf_counter()
 
     def progress(message: str) -> None:

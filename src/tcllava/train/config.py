@@ -34,6 +34,10 @@ class LoraSettings:
     def __post_init__(self) -> None:
         if self.r < 1 or not self.target_modules:
             raise ValueError("lora.r must be >= 1 and lora.target_modules non-empty")
+        if self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ValueError(
+                f"lora.alpha must be > 0 and lora.dropout in [0, 1), got {self.alpha}, {self.dropout}"
+            )
 
 
 @dataclass
@@ -73,10 +77,9 @@ class TrainConfig:
     projector: Literal["full", "frozen"] = "full"
     gradient_checkpointing: bool = False
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    # TC attention overrides (None keeps the checkpoint's)
-    gamma: float | None = None
-    mask: str | None = None
-    text_after_video: str | None = None  # "paper" | "next" (method.md 1.1)
+    # TC attention settings to change (tcllava.attention.TCAttentionConfig's names: gamma, mask,
+    # text_after_video, kernel); a setting left out keeps the checkpoint's
+    attention: dict[str, Any] = field(default_factory=dict)
     # run control
     seed: int = 0
     num_workers: int = 2
@@ -140,15 +143,19 @@ class TrainConfig:
 
         if self.frame_sampling not in SAMPLINGS:
             raise ValueError(f"frame_sampling must be one of {SAMPLINGS}")
-        if self.mask is not None:
-            from tcllava.attention import MASK_KINDS
+        if not isinstance(self.attention, dict):
+            raise ValueError(f"attention must be a mapping of TC settings, got {self.attention!r}")
+        from tcllava.attention import TCAttentionConfig
 
-            if self.mask not in MASK_KINDS:
-                raise ValueError(f"mask must be one of {MASK_KINDS}")
-        if self.text_after_video not in (None, "paper", "next"):
-            raise ValueError("text_after_video must be paper or next")
-        if self.gamma is not None and self.gamma < 0:
-            raise ValueError("gamma must be >= 0")
+        TCAttentionConfig().replace(**self.attention)  # the one validation of the TC settings
+        for name in ("projector_lr", "vision_lr", "adam_eps"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.sample_timeout <= 0:
+            raise ValueError(f"sample_timeout must be > 0, got {self.sample_timeout}")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
         # derived
         self.projector_lr = self.lr if self.projector_lr is None else self.projector_lr
         self.vision_lr = self.lr if self.vision_lr is None else self.vision_lr

@@ -20,14 +20,9 @@ def build_model(config: TrainConfig) -> nn.Module:
     """The checkpoint with the run's TC overrides, trainability applied, LoRA injected if asked.
 
     LoRA's random init depends on ``config.seed`` only, so it is the same in every run of a config."""
-    overrides: dict[str, Any] = {"freeze_vision_tower": config.vision == "frozen"}
-    if config.gamma is not None:
-        overrides["gamma"] = config.gamma
-    if config.mask is not None:
-        overrides["attention_mask_kind"] = config.mask
-    if config.text_after_video is not None:
-        overrides["text_after_video"] = config.text_after_video
-    model = load_model(config.model, dtype=torch.float32, **overrides)
+    model = load_model(
+        config.model, dtype=torch.float32, freeze_vision_tower=config.vision == "frozen", **config.attention
+    )
     model.requires_grad_(False)
     model.multi_modal_projector.requires_grad_(config.projector == "full")
     model.set_vision_trainable(config.vision == "full")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from tcllava.attention import record_attention
+from tcllava.attention import TCAttentionConfig, record_attention
 from tcllava.model import load
 from tcllava.video import read_video
 from tcllava.viz.plots import plot_attention
@@ -32,7 +32,7 @@ def compare_attention(
     maps = {}
     frame_ids = None
     for name, overrides in (
-        ("vanilla (gamma 0, causal)", {"gamma": 0.0, "attention_mask_kind": "causal"}),
+        ("vanilla (gamma 0, causal)", TCAttentionConfig.vanilla().to_dict()),
         ("TC (checkpoint settings)", {}),
     ):
         model, processor = load(model_dir, **overrides)
