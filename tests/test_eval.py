@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tcllava.eval import evaluate, merge
-from tcllava.eval.benchmarks import EvalError, load_benchmark
+from tcllava.eval import EvalRun, evaluate, merge
+from tcllava.eval.benchmarks import EvalError, EvalInputError, load_benchmark
 from tcllava.eval.predictor import Prompt
 from tcllava.eval.protocols import MVBENCH_SYSTEM
 from tcllava.eval.subtitles import parse_srt, select_subtitles
@@ -111,7 +111,7 @@ def mvbench_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
 def test_mvbench_official_exact_scores_prompts_and_frames(mvbench_dir, tmp_path) -> None:
     root, answers = mvbench_dir
     predictor = TablePredictor(answers)
-    res = evaluate(predictor, "mvbench", root, tmp_path, num_frames=16, batch_size=3, num_workers=2)
+    res = evaluate(predictor, EvalRun("mvbench", root, tmp_path, num_frames=16, batch_size=3, num_workers=2))
 
     tasks = res["metrics"]["tasks"]
     assert list(tasks) == ["Action Sequence", "Object Shuffle", "Episodic Reasoning"]  # official table order
@@ -173,7 +173,9 @@ def test_mvbench_official_exact_scores_prompts_and_frames(mvbench_dir, tmp_path)
 def test_mvbench_lmms_eval_protocol_differs_visibly(mvbench_dir, tmp_path) -> None:
     root, answers = mvbench_dir
     predictor = TablePredictor(answers)
-    res = evaluate(predictor, "mvbench", root, tmp_path, protocol="lmms-eval", num_workers=0, batch_size=4)
+    res = evaluate(
+        predictor, EvalRun("mvbench", root, tmp_path, protocol="lmms-eval", num_workers=0, batch_size=4)
+    )
     tasks = res["metrics"]["tasks"]
     # The empty answer leaves lmms-eval's denominator; the unparseable one stays (scored wrong).
     assert tasks["Object Shuffle"]["accuracy"] == pytest.approx(200 / 3)
@@ -206,7 +208,7 @@ def test_missing_and_corrupt_videos_are_counted_not_scored(tmp_path) -> None:
     ]
     (root / "json" / "object_existence.json").write_text(json.dumps(rows))
     predictor = TablePredictor({"ME-0": "A", "ME-3": "B"})
-    res = evaluate(predictor, "mvbench", root, tmp_path / "out", num_workers=0)
+    res = evaluate(predictor, EvalRun("mvbench", root, tmp_path / "out", num_workers=0))
     stats = res["metrics"]["tasks"]["Object Existence"]
     assert stats == {
         "n": 4,
@@ -234,17 +236,19 @@ def test_missing_and_corrupt_videos_are_counted_not_scored(tmp_path) -> None:
 
 def test_resume_after_crash_does_no_duplicate_work(mvbench_dir, tmp_path) -> None:
     root, answers = mvbench_dir
-    reference = evaluate(TablePredictor(answers), "mvbench", root, tmp_path / "ref", num_workers=0)
+    reference = evaluate(TablePredictor(answers), EvalRun("mvbench", root, tmp_path / "ref", num_workers=0))
 
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        evaluate(TablePredictor(answers, fail_after=4), "mvbench", root, out, batch_size=2, num_workers=2)
+        evaluate(
+            TablePredictor(answers, fail_after=4), EvalRun("mvbench", root, out, batch_size=2, num_workers=2)
+        )
     shard = out / "predictions.rank0-of1.jsonl"
     assert len(shard.read_text().splitlines()) == 1 + 4  # header + the 4 answered before the crash
     assert not (out / "results.json").exists()
 
     second = TablePredictor(answers)
-    res = evaluate(second, "mvbench", root, out, batch_size=2, num_workers=2)
+    res = evaluate(second, EvalRun("mvbench", root, out, batch_size=2, num_workers=2))
     assert len(second.seen) == 11 - 4
     assert res["metrics"] == reference["metrics"]
     assert (out / "predictions.jsonl").read_text() == (tmp_path / "ref" / "predictions.jsonl").read_text()
@@ -253,26 +257,26 @@ def test_resume_after_crash_does_no_duplicate_work(mvbench_dir, tmp_path) -> Non
     text = shard.read_text()
     shard.write_text(text[: len(text) - 20])
     third = TablePredictor(answers)
-    res = evaluate(third, "mvbench", root, out, num_workers=0)
+    res = evaluate(third, EvalRun("mvbench", root, out, num_workers=0))
     assert len(third.seen) == 1 and res["metrics"] == reference["metrics"]
 
     # A rerun with a different protocol is refused rather than mixed into the same files.
     with pytest.raises(EvalError, match="different run"):
-        evaluate(TablePredictor(answers), "mvbench", root, out, protocol="lmms-eval", num_workers=0)
+        evaluate(TablePredictor(answers), EvalRun("mvbench", root, out, protocol="lmms-eval", num_workers=0))
 
 
 def test_shards_merge_to_the_single_process_result(mvbench_dir, tmp_path, monkeypatch) -> None:
     root, answers = mvbench_dir
-    single = evaluate(TablePredictor(answers), "mvbench", root, tmp_path / "single", num_workers=0)
+    single = evaluate(TablePredictor(answers), EvalRun("mvbench", root, tmp_path / "single", num_workers=0))
 
     out = tmp_path / "sharded"
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    first = evaluate(TablePredictor(answers), "mvbench", root, out, num_workers=0)
+    first = evaluate(TablePredictor(answers), EvalRun("mvbench", root, out, num_workers=0))
     assert first == {"status": "partial", "rank": 0, "world_size": 2, "incomplete_shards": [1]}
     monkeypatch.setenv("RANK", "1")
     p1 = TablePredictor(answers)
-    res = evaluate(p1, "mvbench", root, out, num_workers=0)
+    res = evaluate(p1, EvalRun("mvbench", root, out, num_workers=0))
     assert len(p1.seen) == 5  # strided shard: 11 samples -> 6 + 5
 
     assert res["metrics"] == single["metrics"] and res["world_size"] == 2
@@ -288,7 +292,7 @@ def test_shards_merge_to_the_single_process_result(mvbench_dir, tmp_path, monkey
 
     # An explicit merge step after all ranks gives the same numbers.
     (out / "results.json").unlink()
-    assert merge("mvbench", root, out)["metrics"] == single["metrics"]
+    assert merge(EvalRun("mvbench", root, out))["metrics"] == single["metrics"]
 
 
 def test_synthetic_layout_uses_the_same_path(tmp_path) -> None:
@@ -307,7 +311,9 @@ def test_synthetic_layout_uses_the_same_path(tmp_path) -> None:
         ]
         (test / f"{task}.json").write_text(json.dumps(rows))
     predictor = TablePredictor({"count-0": "B", "count-1": "A", "order-0": "(A) first", "order-1": "A"})
-    res = evaluate(predictor, "synthetic", tmp_path / "syn", tmp_path / "out", num_frames=4, num_workers=0)
+    res = evaluate(
+        predictor, EvalRun("synthetic", tmp_path / "syn", tmp_path / "out", num_frames=4, num_workers=0)
+    )
     assert res["protocol"]["name"] == "official" and res["protocol"]["sampling"] == "middle"
     assert {k: v["accuracy"] for k, v in res["metrics"]["tasks"].items()} == {"count": 50.0, "order": 100.0}
     assert res["metrics"]["average"] == 75.0 and res["num_frames"] == 4
@@ -392,9 +398,8 @@ def make_videomme(root: Path) -> dict[str, str]:
 def test_videomme_groups_and_subtitles(tmp_path) -> None:
     answers = make_videomme(tmp_path / "mme")
     predictor = TablePredictor(answers)
-    res = evaluate(
-        predictor, "videomme", tmp_path / "mme", tmp_path / "out", num_frames=4, num_workers=0, subtitles=True
-    )
+    run = EvalRun("videomme", tmp_path / "mme", tmp_path / "out", num_frames=4, num_workers=0, subtitles=True)
+    res = evaluate(predictor, run)
     m = res["metrics"]
     assert m["overall"]["accuracy"] == pytest.approx(60.0) and m["overall"]["unparseable"] == 1
     groups = {f: {k: v["accuracy"] for k, v in g.items()} for f, g in m["groups"].items()}
@@ -418,7 +423,9 @@ def test_videomme_groups_and_subtitles(tmp_path) -> None:
 def test_videomme_without_subtitles_prompt(tmp_path) -> None:
     answers = make_videomme(tmp_path / "mme")
     predictor = TablePredictor(answers)
-    res = evaluate(predictor, "videomme", tmp_path / "mme", tmp_path / "out", num_frames=4, num_workers=0)
+    res = evaluate(
+        predictor, EvalRun("videomme", tmp_path / "mme", tmp_path / "out", num_frames=4, num_workers=0)
+    )
     assert res["metrics"]["overall"]["accuracy"] == pytest.approx(60.0)
     user = predictor.seen[0][0].user
     assert user.startswith(
@@ -505,4 +512,237 @@ def test_likelihood_scoring_needs_options_and_a_ranking_predictor(mvbench_dir, t
     )
     assert get_protocol("videomme", scoring="likelihood").continuation(2, "a dog") == "C"
     with pytest.raises(EvalError, match="TablePredictor has no rank"):
-        evaluate(TablePredictor(replies), "mvbench", root, tmp_path, scoring="likelihood", num_workers=0)
+        evaluate(
+            TablePredictor(replies), EvalRun("mvbench", root, tmp_path, scoring="likelihood", num_workers=0)
+        )
+
+
+# ---------------------------------------------------------------- hostile and careless inputs
+
+
+@pytest.fixture
+def fake_model(monkeypatch):
+    """`tcllava eval --model X` builds a TablePredictor answering from `answers`; `made` lists them."""
+    state: dict = {"answers": {}, "made": []}
+
+    class FakeModelPredictor(TablePredictor):
+        @classmethod
+        def from_pretrained(cls, model_dir, device=None, dtype=None, **gen_kwargs):
+            state["made"].append(cls(state["answers"]))
+            return state["made"][-1]
+
+    module = types.ModuleType("tcllava.eval.model_predictor")
+    module.ModelPredictor = FakeModelPredictor
+    monkeypatch.setitem(sys.modules, "tcllava.eval.model_predictor", module)
+    return state
+
+
+def cli_eval(bench: str, data: Path, out: Path, *flags: str) -> int:
+    from tcllava.cli import main
+
+    argv = ["eval", bench, "--model", "/models/fake", "--data", str(data), "--out", str(out)]
+    return main([*argv, "--num-workers", "0", *flags])
+
+
+def one_error_line(err: str) -> str:
+    """The CLI's whole stderr: exactly one `tcllava eval: ...` line (so no traceback)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tcllava eval: "), err
+    return lines[0]
+
+
+def make_existence_task(root: Path, videos: list[str]) -> Path:
+    """An MVBench Object Existence task asking `ME-i?` about each video (answer A); returns the video dir."""
+    (root / "json").mkdir(parents=True)
+    folder = root / "video" / "clevrer" / "video_validation"
+    folder.mkdir(parents=True)
+    rows = [
+        {"video": v, "question": f"ME-{i}?", "candidates": ["yes", "no"], "answer": "yes"}
+        for i, v in enumerate(videos)
+    ]
+    (root / "json" / "object_existence.json").write_text(json.dumps(rows))
+    return folder
+
+
+def test_failed_samples_are_retried_once_the_data_is_fixed(tmp_path, fake_model, capsys) -> None:
+    folder = make_existence_task(tmp_path / "data", ["good.mp4", "late.mp4"])
+    write_video(folder / "good.mp4", frames(16), FPS)
+    fake_model["answers"] = {"ME-0": "A", "ME-1": "A"}
+    out = tmp_path / "out"
+
+    # late.mp4 is missing: 1 of 2 failed is over the default 5%, so the run fails, results still written.
+    assert cli_eval("mvbench", tmp_path / "data", out) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "1 of 2 samples failed" in line and str(out / "predictions.jsonl") in line
+    results = json.loads((out / "results.json").read_text())
+    assert results["metrics"]["overall"]["errors"] == 1
+    assert results["failures"]["samples_failed"] == 1 and results["failures"]["message"]
+    # A higher threshold accepts the same state (the failed sample is tried again, still missing).
+    assert cli_eval("mvbench", tmp_path / "data", out, "--max-error-rate", "0.5") == 0
+    assert "retrying 1 samples that failed before" in capsys.readouterr().err
+    assert fake_model["made"][-1].seen == []
+
+    write_video(folder / "late.mp4", frames(16), FPS)
+    assert cli_eval("mvbench", tmp_path / "data", out) == 0
+    assert "retrying 1 samples that failed before" in capsys.readouterr().err
+    assert [p.user.split("\n")[1] for p, _, _ in fake_model["made"][-1].seen] == ["Question: ME-1?"]
+    merged = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["error"], r["correct"]) for r in merged] == [
+        ("object_existence/0", None, True),
+        ("object_existence/1", None, True),
+    ]
+    shard = (out / "predictions.rank0-of1.jsonl").read_text().splitlines()
+    assert len(shard) == 1 + 2 + 1 + 1  # header, first run, the retry that failed again, the good retry
+    results = json.loads((out / "results.json").read_text())
+    assert results["metrics"]["overall"]["errors"] == 0 and results["metrics"]["overall"]["accuracy"] == 100.0
+
+
+def test_a_run_where_every_sample_failed_exits_nonzero(tmp_path, fake_model, capsys) -> None:
+    make_existence_task(tmp_path / "data", ["gone.mp4", "lost.mp4"])
+    out = tmp_path / "out"
+    assert cli_eval("mvbench", tmp_path / "data", out, "--max-error-rate", "1") == 1
+    assert "2 of 2 samples failed" in one_error_line(capsys.readouterr().err)
+    assert json.loads((out / "results.json").read_text())["metrics"]["overall"]["errors"] == 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--limit", "-1"], "limit (--limit) must be an integer >= 1, got -1"),
+        (["--limit", "0"], "limit (--limit) must be an integer >= 1, got 0"),
+        (["--batch-size", "0"], "batch_size (--batch-size) must be an integer >= 1, got 0"),
+        (["--frames", "0"], "num_frames (--frames) must be an integer >= 1, got 0"),
+        (["--num-workers", "-1"], "num_workers (--num-workers) must be an integer >= 0, got -1"),
+        (["--judge-workers", "0"], "judge_workers (--judge-workers) must be an integer >= 1, got 0"),
+        (["--max-error-rate", "1.5"], "max_error_rate (--max-error-rate) must be a fraction in [0, 1]"),
+        (["--subtitles"], "subtitles exist only for videomme, not mvbench"),
+    ],
+)
+def test_cli_refuses_out_of_range_settings(
+    mvbench_dir, tmp_path, fake_model, capsys, flags: list[str], expected: str
+) -> None:
+    root, answers = mvbench_dir
+    fake_model["answers"] = answers
+    assert cli_eval("mvbench", root, tmp_path / "out", *flags) == 2
+    assert expected in one_error_line(capsys.readouterr().err)
+    assert fake_model["made"] == [] and not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_eval_run_validates_for_the_python_api_too(tmp_path) -> None:
+    with pytest.raises(EvalInputError, match=r"limit \(--limit\) must be an integer >= 1, got -1"):
+        EvalRun("mvbench", tmp_path, tmp_path, limit=-1)
+    with pytest.raises(EvalInputError, match="unknown value 'mvbnech'; choose from mvbench, videomme"):
+        EvalRun("mvbnech", tmp_path, tmp_path)
+    with pytest.raises(EvalInputError, match="msvd-qa has one protocol, official"):
+        EvalRun("msvd-qa", tmp_path, tmp_path, protocol="lmms-eval")
+    with pytest.raises(EvalInputError, match="msvd-qa is open-ended; likelihood scoring needs options"):
+        EvalRun("msvd-qa", tmp_path, tmp_path, scoring="likelihood")
+    with pytest.raises(EvalInputError, match=r"sampling \(--sampling\): unknown value 'random'"):
+        EvalRun("mvbench", tmp_path, tmp_path, sampling="random")
+    with pytest.raises(EvalInputError, match="timeout must be a number of seconds > 0"):
+        EvalRun("mvbench", tmp_path, tmp_path, timeout=0)
+    with pytest.raises(EvalInputError, match="rank must be below world_size"):
+        EvalRun("mvbench", tmp_path, tmp_path, rank=2, world_size=2)
+    run = EvalRun("videomme", str(tmp_path), str(tmp_path / "o"), subtitles=True, batch_size=4)
+    assert run.out_dir == tmp_path / "o" and run.eval_protocol().subtitles and not run.judged
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+MME_ROW = {"videoID": "v", "question": "q?", "options": ["A. x", "B. y"], "answer": "A"}
+
+
+@pytest.mark.parametrize(
+    ("bench", "file", "text", "expected"),
+    [
+        (  # row 1 (0-based, as in the JSON list) lacks the candidates
+            "mvbench",
+            "json/action_antonym.json",
+            json.dumps(
+                [
+                    {"video": "a.mp4", "question": "q", "candidates": ["x", "y"], "answer": "x"},
+                    {"video": "a.mp4", "question": "q", "answer": "x"},
+                ]
+            ),
+            "action_antonym.json[1]: missing key 'candidates' (a MVBench row needs video, question, "
+            "candidates, answer)",
+        ),
+        (
+            "mvbench",
+            "json/action_antonym.json",
+            json.dumps([{"video": "a.mp4", "question": "q", "candidates": ["x", "y"]}]),
+            "action_antonym.json[0]: missing key 'answer'",
+        ),
+        (  # malformed JSON: the line and column of the fault
+            "mvbench",
+            "json/action_antonym.json",
+            '[\n  {"video": "a.mp4",\n   "question": "q" "candidates": []}\n]',
+            "action_antonym.json:3:20: not valid JSON (Expecting ',' delimiter)",
+        ),
+        (
+            "mvbench",
+            "json/action_antonym.json",
+            '["a.mp4"]',
+            "action_antonym.json[0]: a row is a JSON object",
+        ),
+        (  # JSONL: 1-based file lines, blank lines counted
+            "videomme",
+            "videomme.jsonl",
+            json.dumps(MME_ROW) + "\n\n" + '{"videoID": "v", "question": \n',
+            "videomme.jsonl:3:30: not valid JSON (Expecting value)",
+        ),
+        (
+            "videomme",
+            "videomme.jsonl",
+            json.dumps(MME_ROW) + "\n\n\n" + json.dumps({k: v for k, v in MME_ROW.items() if k != "options"}),
+            "videomme.jsonl:4: missing key 'options'",
+        ),
+        (
+            "msvd-qa",
+            "qa.json",
+            json.dumps([{"video": "v", "question": "q"}]),
+            "qa.json[0]: none of the keys 'answer', 'A', 'answers', 'a' present",
+        ),
+        (
+            "videochatgpt",
+            "consistency_qa.json",
+            json.dumps([{"video_name": "v", "Q1": "a?", "A": "b"}]),
+            "consistency_qa.json[0]: missing key 'Q2'",
+        ),
+    ],
+)
+def test_bad_annotation_files_name_file_row_and_key(
+    tmp_path, fake_model, capsys, monkeypatch, bench: str, file: str, text: str, expected: str
+) -> None:
+    monkeypatch.setenv("TCLLAVA_JUDGE_URL", "http://127.0.0.1:9/v1")  # never reached: loading fails first
+    monkeypatch.setenv("TCLLAVA_JUDGE_MODEL", "j")
+    path = _write(tmp_path / "data" / file, text)
+    assert cli_eval(bench, tmp_path / "data", tmp_path / "out") == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{path.parent}/{expected}" in line, line
+    with pytest.raises(EvalInputError):
+        load_benchmark(bench, tmp_path / "data")
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [
+        ("cuda", "--device cuda: this torch build sees no CUDA GPU"),
+        ("cuda:0", "--device cuda:0: this torch build sees no CUDA GPU"),
+        ("gpu", "--device 'gpu' is not a device"),
+    ],
+)
+def test_cli_device_that_cannot_work_is_refused(
+    mvbench_dir, tmp_path, fake_model, capsys, monkeypatch, device: str, expected: str
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    root, _ = mvbench_dir
+    assert cli_eval("mvbench", root, tmp_path / "out", "--device", device) == 2
+    assert expected in one_error_line(capsys.readouterr().err)
+    assert fake_model["made"] == []

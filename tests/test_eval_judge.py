@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import socket
+import sys
 import threading
+import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tcllava.eval import evaluate
+from tcllava.eval import EvalRun, evaluate
 from tcllava.eval.judge import JUDGE_PROMPTS, Judge, JudgeError, parse_judgement
 from tcllava.video import write_video
 
@@ -98,7 +101,7 @@ def test_open_qa_judge_request_parsing_identity_and_resume(tmp_path, monkeypatch
         monkeypatch.setenv("TCLLAVA_JUDGE_API_KEY", "sk-test")
         judge = Judge.from_env(backoff=0.01)
         res = evaluate(
-            predictor, "msvd-qa", data, tmp_path / "out", num_workers=0, judge=judge, judge_workers=1
+            predictor, EvalRun("msvd-qa", data, tmp_path / "out", num_workers=0, judge_workers=1), judge
         )
 
         qa = res["metrics"]["criteria"]["qa"]
@@ -131,7 +134,7 @@ def test_open_qa_judge_request_parsing_identity_and_resume(tmp_path, monkeypatch
         assert saved["protocol"]["user_template"] == "<video>\n{question}"
 
         # Rerun: predictions and judgements are reused, the judge is not called again.
-        again = evaluate(predictor, "msvd-qa", data, tmp_path / "out", num_workers=0, judge=judge)
+        again = evaluate(predictor, EvalRun("msvd-qa", data, tmp_path / "out", num_workers=0), judge)
         assert len(server.requests) == 4 and again["metrics"] == res["metrics"]
 
 
@@ -176,7 +179,9 @@ def test_videochatgpt_criteria_scores(tmp_path) -> None:
     )
     with FakeJudgeServer(reply) as server:
         res = evaluate(
-            predictor, "videochatgpt", data, tmp_path / "out", num_workers=0, judge=Judge(server.url, "judge")
+            predictor,
+            EvalRun("videochatgpt", data, tmp_path / "out", num_workers=0),
+            Judge(server.url, "judge"),
         )
         criteria = res["metrics"]["criteria"]
         assert {k: v["score"] for k, v in criteria.items()} == {
@@ -226,3 +231,109 @@ def test_parse_judgement_rejects_garbage() -> None:
         parse_judgement("great answer", want_verdict=False)
     with pytest.raises(ValueError):
         parse_judgement("{'score': 3}", want_verdict=True)
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound to find a free one, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def msvd(data: Path, n: int) -> None:
+    video(data / "videos" / "vid1.avi")
+    rows = [
+        {"video": "vid1", "question": f"what is {i}?", "answer": "x", "question_id": f"q{i}"}
+        for i in range(n)
+    ]
+    (data / "test_qa.json").write_text(json.dumps(rows))
+
+
+class NoGeneration(Scripted):
+    def generate(self, clips, prompts):
+        raise AssertionError("generation must not start with the judge down")
+
+
+def test_dead_judge_endpoint_fails_before_any_generation(tmp_path, monkeypatch, capsys) -> None:
+    """The endpoint is checked first: a dead judge costs one refused connection, not ~62 s of retries per
+    question followed by `score None` and exit 0."""
+    from tcllava.cli import main
+
+    msvd(tmp_path / "msvd", 3)
+    made = []
+
+    class FakeModelPredictor(NoGeneration):
+        @classmethod
+        def from_pretrained(cls, *args, **kwargs):
+            made.append(cls({}))
+            return made[-1]
+
+    module = types.ModuleType("tcllava.eval.model_predictor")
+    module.ModelPredictor = FakeModelPredictor
+    monkeypatch.setitem(sys.modules, "tcllava.eval.model_predictor", module)
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    argv = [
+        "eval",
+        "msvd-qa",
+        "--model",
+        "m",
+        "--data",
+        str(tmp_path / "msvd"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    assert main([*argv, "--num-workers", "0", "--judge-url", url, "--judge-model", "j"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"tcllava eval: judge endpoint {url}/chat/completions is not reachable (")
+    assert "--judge-url" in err and len(err.splitlines()) == 1
+    assert made == []  # refused before the model is even loaded
+
+    # The Python API checks too, before generating.
+    run = EvalRun("msvd-qa", tmp_path / "msvd", tmp_path / "api", num_workers=0)
+    with pytest.raises(JudgeError, match="is not reachable"):
+        evaluate(NoGeneration({}), run, Judge(url, "j"))
+
+    # A URL that cannot be one is a usage error.
+    assert main([*argv, "--judge-url", "localhost:8000", "--judge-model", "j"]) == 2
+    assert "is not an http(s) URL" in capsys.readouterr().err
+
+
+def test_judge_stops_after_consecutive_failures(tmp_path) -> None:
+    """The endpoint answers but every judgement fails (HTTP 500): the run stops after
+    `judge_max_failures` in a row, keeps what it logged, and says why."""
+    msvd(tmp_path / "msvd", 6)
+    run = EvalRun(
+        "msvd-qa", tmp_path / "msvd", tmp_path / "out", num_workers=0, judge_workers=1, judge_max_failures=2
+    )
+    with FakeJudgeServer(qa_reply, fail_first=10**6) as server:
+        judge = Judge(server.url, "j", max_retries=1, backoff=0.0)
+        with pytest.raises(
+            JudgeError, match=r"stopped after 2 failed judgements in a row \(last: judge .*HTTP 500"
+        ):
+            evaluate(Scripted({"what": "x"}), run, judge)
+        # Two questions tried twice each, plus at most the one the worker had already picked up; never
+        # all six.
+        assert 2 * 2 <= len(server.requests) <= 3 * 2
+    logged = (tmp_path / "out" / "judgements.jsonl").read_text().splitlines()[1:]
+    assert [json.loads(x)["error"] is not None for x in logged] == [True, True]
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_scattered_judge_failures_over_the_threshold_fail_the_run(tmp_path) -> None:
+    """1 of 3 judgements failing (not in a row) is scored, written, and flagged over max_error_rate."""
+    msvd(tmp_path / "msvd", 3)
+    run = EvalRun("msvd-qa", tmp_path / "msvd", tmp_path / "out", num_workers=0, judge_workers=1)
+    with FakeJudgeServer(qa_reply, fail_first=1) as server:
+        res = evaluate(Scripted({"what": "x"}), run, Judge(server.url, "j", max_retries=0))
+    assert res["metrics"]["criteria"]["qa"]["judge_errors"] == 1
+    assert res["failures"]["judgements_failed"] == 1 and res["failures"]["judgements"] == 3
+    assert "1 of 3 judgements failed" in res["failures"]["message"]
+    assert str(tmp_path / "out" / "judgements.jsonl") in res["failures"]["message"]
+    relaxed = EvalRun("msvd-qa", tmp_path / "msvd", tmp_path / "out2", num_workers=0, max_error_rate=0.5)
+    with FakeJudgeServer(qa_reply, fail_first=1) as server:
+        assert (
+            evaluate(Scripted({"what": "x"}), relaxed, Judge(server.url, "j", max_retries=0))["failures"][
+                "message"
+            ]
+            is None
+        )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 _LAZY = {
+    "EvalRun": "tcllava.eval.config",
     "evaluate": "tcllava.eval.runner",
     "merge": "tcllava.eval.runner",
     "Prompt": "tcllava.eval.predictor",

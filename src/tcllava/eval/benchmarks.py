@@ -58,6 +58,7 @@ MVBENCH_TASKS: dict[str, tuple[str, tuple[str, ...], str, bool]] = {
         False,
     ),
 }
+MVBENCH_KEYS = ("video", "question", "candidates", "answer")
 FRAME_FOLDER_FPS = 3.0  # MVBench's frame folders (TVQA) were extracted at 3 fps
 
 OPEN_QA = ("msvd-qa", "msrvtt-qa", "activitynet-qa", "tgif-qa")
@@ -66,6 +67,10 @@ BENCHMARKS = ("mvbench", "videomme", "synthetic", *OPEN_QA, "videochatgpt")
 
 class EvalError(RuntimeError):
     """Bad benchmark data or output directory: a message for the user, not a bug."""
+
+
+class EvalInputError(EvalError):
+    """A bad setting or annotation file: the user's input to fix (the CLI exits 2, not 1)."""
 
 
 @dataclass
@@ -108,31 +113,62 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a .json (list, or dict of lists/rows), .jsonl or .parquet annotation file."""
+def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(where, row) for each row of a .json (list, or dict of lists/rows), .jsonl or .parquet annotation
+    file; `where` names the file and the row (`file[i]`, 0-based) or JSONL line (`file:n`, 1-based)."""
     if path.suffix == ".parquet":
         try:
             import pandas as pd
         except ImportError as e:  # optional: only the parquet layouts need it
-            raise EvalError(
+            raise EvalInputError(
                 f"{path}: reading parquet needs pandas and pyarrow (pip install pandas pyarrow)"
             ) from e
-        return [
-            {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in row.items()}
-            for row in pd.read_parquet(path).to_dict(orient="records")
-        ]
-    text = path.read_text(encoding="utf-8")
+        try:
+            table = pd.read_parquet(path).to_dict(orient="records")
+        except Exception as e:  # pyarrow raises several unrelated types for a bad file
+            raise EvalInputError(f"{path}: not a readable parquet file ({e})") from None
+        rows = [{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in row.items()} for row in table]
+        return [(f"{path}[{i}]", row) for i, row in enumerate(rows)]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise EvalInputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    data = json.loads(text)
-    if isinstance(data, dict):  # {id: row} or {"data": [...]}
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) == 1 and len(data) == 1:
-            return lists[0]
-        return [{"_key": k, **v} if isinstance(v, dict) else {"_key": k, "value": v} for k, v in data.items()]
-    if not isinstance(data, list):
-        raise EvalError(f"{path}: expected a JSON list of rows")
-    return data
+        located = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    located.append((f"{path}:{n}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise EvalInputError(f"{path}:{n}:{e.colno}: not valid JSON ({e.msg})") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise EvalInputError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+        if isinstance(data, dict):  # {id: row} or {"data": [...]}
+            lists = [v for v in data.values() if isinstance(v, list)]
+            if len(lists) == 1 and len(data) == 1:
+                data = lists[0]
+            else:
+                data = [
+                    {"_key": k, **v} if isinstance(v, dict) else {"_key": k, "value": v}
+                    for k, v in data.items()
+                ]
+        if not isinstance(data, list):
+            raise EvalInputError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
+        located = [(f"{path}[{i}]", row) for i, row in enumerate(data)]
+    for where, row in located:
+        if not isinstance(row, dict):
+            raise EvalInputError(f"{where}: a row is a JSON object, got {type(row).__name__}")
+    return located
+
+
+def _require(row: dict[str, Any], keys: tuple[str, ...], where: str, what: str) -> None:
+    """One line naming the first missing key and the keys `what` needs."""
+    for key in keys:
+        if row.get(key) is None:
+            raise EvalInputError(f"{where}: missing key {key!r} (a {what} row needs {', '.join(keys)})")
 
 
 def _find_video(dirs: list[Path], name: str) -> Path:
@@ -152,18 +188,26 @@ def _find_video(dirs: list[Path], name: str) -> Path:
 def _bound(row: dict[str, Any], bounded: bool, where: str) -> tuple[float | None, float | None]:
     if not bounded or ("start" not in row and "end" not in row):
         if bounded:
-            raise EvalError(f"{where}: a bounded task row needs 'start' and 'end'")
+            raise EvalInputError(f"{where}: a bounded task row needs 'start' and 'end'")
         return None, None
-    start, end = float(row["start"]), float(row["end"])
+    try:
+        start, end = float(row["start"]), float(row["end"])
+    except (KeyError, TypeError, ValueError):
+        raise EvalInputError(
+            f"{where}: 'start' and 'end' must both be numbers (seconds), got "
+            f"{row.get('start')!r} and {row.get('end')!r}"
+        ) from None
     if end < start:
-        raise EvalError(f"{where}: end {end} < start {start}")
+        raise EvalInputError(f"{where}: end {end} < start {start}")
     return start, end
 
 
 def _mcq_answer_letter(row: dict[str, Any], where: str) -> str:
     candidates = row["candidates"]
+    if not isinstance(candidates, list) or not candidates:
+        raise EvalInputError(f"{where}: 'candidates' must be a non-empty list, got {candidates!r}")
     if row["answer"] not in candidates:
-        raise EvalError(f"{where}: answer {row['answer']!r} is not one of the candidates {candidates}")
+        raise EvalInputError(f"{where}: answer {row['answer']!r} is not one of the candidates {candidates}")
     return chr(ord("A") + candidates.index(row["answer"]))
 
 
@@ -188,18 +232,18 @@ def load_mvbench_layout(
         files.append(path)
         rows = _read_rows(path)[: limit if limit is not None else None]
         key = Path(json_name).stem
-        for i, row in enumerate(rows):
-            where = f"{path}[{i}]"
+        for i, (where, row) in enumerate(rows):
+            _require(row, MVBENCH_KEYS, where, "MVBench")
             is_bounded = bounded if bounded is not None else ("start" in row and "end" in row)
             start, end = _bound(row, is_bounded, where)
             dirs = [d / p for p in prefixes for d in video_dirs] if prefixes else list(video_dirs)
-            video = _find_video(dirs, row["video"])
+            video = _find_video(dirs, str(row["video"]))
             samples.append(
                 Sample(
                     id=f"{key}/{i}",
                     task=task,
                     video=str(video),
-                    question=row["question"],
+                    question=str(row["question"]),
                     options=[str(c) for c in row["candidates"]],
                     answer=_mcq_answer_letter(row, where),
                     start=start,
@@ -208,7 +252,7 @@ def load_mvbench_layout(
             )
     if not found:
         names = ", ".join(spec[0] for spec in list(table.values())[:3])
-        raise EvalError(f"no {name} task files ({names}, ...) in {', '.join(map(str, json_dirs))}")
+        raise EvalInputError(f"no {name} task files ({names}, ...) in {', '.join(map(str, json_dirs))}")
     return Benchmark(name, "mcq", samples, files, root, found, missing)
 
 
@@ -250,14 +294,18 @@ def load_videomme(data_dir: str | Path, limit: int | None = None) -> Benchmark:
     samples: list[Sample] = []
     seen: dict[str, int] = {}
     for path in files:
-        for i, row in enumerate(_read_rows(path)):
-            where = f"{path}[{i}]"
+        for where, row in _read_rows(path):
+            _require(row, ("question", "options", "answer"), where, "Video-MME")
+            if not (row.get("videoID") or row.get("video_id") or row.get("video")):
+                raise EvalInputError(f"{where}: missing key 'videoID' (or 'video_id', 'video')")
             vid = str(row.get("videoID") or row.get("video_id") or row.get("video"))
+            if not isinstance(row["options"], list):
+                raise EvalInputError(f"{where}: 'options' must be a list, got {row['options']!r}")
             options = [str(o) for o in row["options"]]
             texts = [_OPTION_LETTER.sub("", o, count=1) for o in options]
             answer = str(row["answer"]).strip().upper()
             if answer not in {chr(ord("A") + k) for k in range(len(options))}:
-                raise EvalError(
+                raise EvalInputError(
                     f"{where}: answer {row['answer']!r} is not a letter of the {len(options)} options"
                 )
             qid = str(row.get("question_id") or f"{row.get('video_id', vid)}-{seen.get(vid, 0) + 1}")
@@ -299,7 +347,7 @@ def _first(row: dict[str, Any], keys: tuple[str, ...], where: str) -> Any:
     for k in keys:
         if k in row and row[k] is not None:
             return row[k]
-    raise EvalError(f"{where}: none of the keys {keys} present")
+    raise EvalInputError(f"{where}: none of the keys {', '.join(map(repr, keys))} present")
 
 
 def load_open_qa(data_dir: str | Path, name: str, limit: int | None = None) -> Benchmark:
@@ -307,8 +355,16 @@ def load_open_qa(data_dir: str | Path, name: str, limit: int | None = None) -> B
     video_dirs = [root / "videos", root / "video", root]
     q_file, a_file = root / "test_q.json", root / "test_a.json"
     if q_file.is_file() and a_file.is_file():  # ActivityNet-QA's published split files
-        answers = {str(r["question_id"]): r for r in _read_rows(a_file)}
-        rows = [{**r, "answer": answers[str(r["question_id"])]["answer"]} for r in _read_rows(q_file)]
+        answers = {}
+        for where, r in _read_rows(a_file):
+            _require(r, ("question_id", "answer"), where, "ActivityNet-QA answer")
+            answers[str(r["question_id"])] = r["answer"]
+        rows = []
+        for where, r in _read_rows(q_file):
+            _require(r, ("question_id",), where, "ActivityNet-QA question")
+            if str(r["question_id"]) not in answers:
+                raise EvalInputError(f"{where}: question_id {r['question_id']!r} has no answer in {a_file}")
+            rows.append((where, {**r, "answer": answers[str(r["question_id"])]}))
         files = [q_file, a_file]
     else:
         files = [p for p in _annotation_files([root], ("*.json", "*.jsonl"))]
@@ -318,8 +374,7 @@ def load_open_qa(data_dir: str | Path, name: str, limit: int | None = None) -> B
     if limit is not None:
         rows = rows[:limit]
     samples = []
-    for i, row in enumerate(rows):
-        where = f"{name}[{i}]"
+    for i, (where, row) in enumerate(rows):
         answer = _first(row, ("answer", "A", "answers", "a"), where)
         if isinstance(answer, list):
             answer = answer[0]
@@ -335,7 +390,7 @@ def load_open_qa(data_dir: str | Path, name: str, limit: int | None = None) -> B
             )
         )
     if len({s.id for s in samples}) != len(samples):
-        raise EvalError(f"{name}: duplicate question ids in {files}")
+        raise EvalInputError(f"{name}: duplicate question ids in {', '.join(map(str, files))}")
     return Benchmark(name, "openqa", samples, files, root, [name], [])
 
 
@@ -360,7 +415,9 @@ def load_videochatgpt(data_dir: str | Path, limit: int | None = None) -> Benchma
             continue
         files.append(path)
         found.append(task)
-        for i, row in enumerate(_read_rows(path)[: limit if limit is not None else None]):
+        needs = ("video_name", "Q1", "Q2", "A") if task == "consistency" else ("video_name", "Q", "A")
+        for i, (where, row) in enumerate(_read_rows(path)[: limit if limit is not None else None]):
+            _require(row, needs, where, f"Video-ChatGPT {task}")
             video = str(_find_video(video_dirs, str(row["video_name"])))
             questions = [("q1", row["Q1"]), ("q2", row["Q2"])] if task == "consistency" else [("q", row["Q"])]
             for suffix, q in questions:
@@ -383,4 +440,4 @@ def load_benchmark(name: str, data_dir: str | Path, limit: int | None = None) ->
         return load_open_qa(data_dir, name, limit)
     if name == "videochatgpt":
         return load_videochatgpt(data_dir, limit)
-    raise EvalError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
+    raise EvalInputError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")

@@ -6,11 +6,10 @@ import argparse
 import sys
 from typing import Any
 
-from tcllava.eval.benchmarks import BENCHMARKS, OPEN_QA
+from tcllava.eval.benchmarks import BENCHMARKS
+from tcllava.eval.config import EVAL_SAMPLINGS, EvalRun
 from tcllava.eval.protocols import PROTOCOL_NAMES, SCORINGS
 from tcllava.eval.subtitles import SUBTITLE_MODES
-
-JUDGED = (*OPEN_QA, "videochatgpt")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=16, help="frames per video (default 16)")
     parser.add_argument(
         "--sampling",
-        choices=("middle", "uniform", "mvbench"),
+        choices=EVAL_SAMPLINGS,
         help="override the protocol's frame sampling (recorded in results)",
     )
     parser.add_argument(
@@ -62,6 +61,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge-url", help="OpenAI-compatible endpoint (default $TCLLAVA_JUDGE_URL)")
     parser.add_argument("--judge-model", help="judge model name (default $TCLLAVA_JUDGE_MODEL)")
     parser.add_argument("--judge-workers", type=int, default=4, help="parallel judge requests")
+    parser.add_argument(
+        "--judge-max-failures",
+        type=int,
+        default=5,
+        help="stop after this many failed judgements in a row (default 5)",
+    )
+    parser.add_argument(
+        "--max-error-rate",
+        type=float,
+        default=0.05,
+        help="exit 1 when more than this share of samples (or judgements) failed; results are still "
+        "written and a rerun retries the failures (default 0.05)",
+    )
 
 
 def _summary(results: dict[str, Any]) -> str:
@@ -90,69 +102,94 @@ def _summary(results: dict[str, Any]) -> str:
     return f"{results['benchmark']}: " + "; ".join(parts)
 
 
+def _eval_run(args: argparse.Namespace) -> EvalRun:
+    return EvalRun(
+        args.benchmark,
+        args.data,
+        args.out,
+        protocol=args.protocol,
+        num_frames=args.frames,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        limit=args.limit,
+        subtitles=args.subtitles,
+        subtitle_mode=args.subtitle_mode,
+        sampling=args.sampling,
+        scoring=args.scoring,
+        judge_workers=args.judge_workers,
+        max_error_rate=args.max_error_rate,
+        judge_max_failures=args.judge_max_failures,
+    )
+
+
+def _device_problem(device: str | None) -> str | None:
+    """Why `--device` cannot work in this torch build, or None."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        return f"--device {device!r} is not a device; use e.g. cpu, cuda, cuda:1, mps"
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return (
+                f"--device {device}: this torch build sees no CUDA GPU (torch.cuda.is_available() is False)"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            return f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible"
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        return f"--device {device}: MPS is not available in this torch build"
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        return f"--device {device}: unsupported device type {dev.type!r}; use cpu, cuda or mps"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
-    from tcllava.eval.benchmarks import EvalError
-    from tcllava.eval.judge import Judge, JudgeError
+    from tcllava.eval.benchmarks import EvalError, EvalInputError
+    from tcllava.eval.judge import Judge, JudgeConfigError, JudgeError
+
+    def fail(message: object, code: int) -> int:
+        print(f"tcllava eval: {message}", file=sys.stderr)
+        return code
+
+    try:
+        spec = _eval_run(args)
+        judge = Judge.from_env(args.judge_url, args.judge_model) if spec.judged else None
+    except (EvalInputError, JudgeConfigError) as e:
+        return fail(e, 2)
+    if not args.merge_only and not args.model:
+        return fail("--model is required (unless --merge-only)", 2)
+    if not args.merge_only and (problem := _device_problem(args.device)):
+        return fail(problem, 2)
+
     from tcllava.eval.runner import evaluate, merge
 
-    if args.subtitles and args.benchmark != "videomme":
-        print("tcllava eval: --subtitles applies to videomme only", file=sys.stderr)
-        return 2
-    if args.benchmark in JUDGED and args.protocol != "official":
-        print(f"tcllava eval: {args.benchmark} has one protocol (official)", file=sys.stderr)
-        return 2
-    if args.benchmark in JUDGED and args.scoring != "generate":
-        print(
-            f"tcllava eval: {args.benchmark} is open-ended: --scoring likelihood needs options",
-            file=sys.stderr,
-        )
-        return 2
     try:
-        judge = Judge.from_env(args.judge_url, args.judge_model) if args.benchmark in JUDGED else None
         if args.merge_only:
-            results = merge(
-                args.benchmark,
-                args.data,
-                args.out,
-                args.protocol,
-                args.limit,
-                subtitles=args.subtitles,
-                sampling=args.sampling,
-                scoring=args.scoring,
-                judge=judge,
-                judge_workers=args.judge_workers,
-            )
+            results = merge(spec, judge)
         else:
-            if not args.model:
-                print("tcllava eval: --model is required (unless --merge-only)", file=sys.stderr)
-                return 2
+            spec.load()  # bad data and a dead judge are found in seconds, before the model loads
+            if judge is not None:
+                judge.check()
             from tcllava.eval.model_predictor import ModelPredictor
 
             gen_kwargs = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
-            predictor = ModelPredictor.from_pretrained(
-                args.model, device=args.device, dtype=args.dtype, **gen_kwargs
-            )
-            results = evaluate(
-                predictor,
-                args.benchmark,
-                args.data,
-                args.out,
-                args.protocol,
-                args.frames,
-                args.batch_size,
-                args.num_workers,
-                args.limit,
-                subtitles=args.subtitles,
-                subtitle_mode=args.subtitle_mode,
-                sampling=args.sampling,
-                scoring=args.scoring,
-                judge=judge,
-                judge_workers=args.judge_workers,
-            )
-    except (FileNotFoundError, EvalError, JudgeError) as e:
-        print(f"tcllava eval: {e}", file=sys.stderr)
-        return 1
+            try:
+                predictor = ModelPredictor.from_pretrained(
+                    args.model, device=args.device, dtype=args.dtype, **gen_kwargs
+                )
+            except (OSError, ValueError) as e:  # CheckpointError is a ValueError
+                return fail(f"cannot load --model {args.model}: {e}", 2)
+            results = evaluate(predictor, spec, judge)
+    except (EvalInputError, FileNotFoundError, JudgeConfigError) as e:
+        return fail(e, 2)
+    except (EvalError, JudgeError, OSError) as e:
+        return fail(e, 1)
     print(_summary(results))
-    if not results.get("status"):
-        print(f"results: {args.out}/results.json, results.md, results.png")
-    return 0
+    if results.get("status"):
+        return 0
+    print(f"results: {args.out}/results.json, results.md, results.png")
+    message = results["failures"]["message"]  # too many failed samples or judgements
+    return fail(message, 1) if message else 0

@@ -17,6 +17,7 @@ import os
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
@@ -151,6 +152,10 @@ class JudgeError(RuntimeError):
     """The judge could not be reached or kept answering in an unreadable form."""
 
 
+class JudgeConfigError(JudgeError):
+    """No judge configured, or a URL that cannot be one: the user's setting to fix."""
+
+
 def parse_judgement(text: str, want_verdict: bool) -> dict[str, Any]:
     """{'score': int, 'pred': 'yes'|'no'} from the judge's reply (a Python dict string, leniently)."""
     found: dict[str, Any] = {}
@@ -208,6 +213,12 @@ class Judge:
     temperature: float = 0.0
 
     def __post_init__(self) -> None:
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise JudgeConfigError(
+                f"judge URL {self.url!r} is not an http(s) URL; expected e.g. http://host:8000/v1 "
+                "(--judge-url or TCLLAVA_JUDGE_URL)"
+            )
         self.url = _endpoint(self.url)
 
     @classmethod
@@ -217,7 +228,7 @@ class Judge:
         url = url or os.environ.get("TCLLAVA_JUDGE_URL")
         model = model or os.environ.get("TCLLAVA_JUDGE_MODEL")
         if not url or not model:
-            raise JudgeError(
+            raise JudgeConfigError(
                 "an LLM judge is needed: set TCLLAVA_JUDGE_URL and TCLLAVA_JUDGE_MODEL "
                 "(any OpenAI-compatible /v1/chat/completions endpoint), or pass url= and model="
             )
@@ -227,6 +238,33 @@ class Judge:
         """What produced the scores (the key is never recorded)."""
         return {"url": self.url, "model": self.model, "temperature": self.temperature}
 
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def check(self, timeout: float = 5.0) -> None:
+        """One cheap request (GET {base}/models) before the real work, so that a dead endpoint fails
+        at once instead of every question waiting out its retries. Any HTTP answer but 401 counts as
+        up: not every OpenAI-compatible server lists its models."""
+        base = self.url.removesuffix("/chat/completions")
+        request = urllib.request.Request(base + "/models", headers=self._headers(), method="GET")
+        try:
+            with urllib.request.urlopen(request, timeout=min(timeout, self.timeout)):
+                return
+        except urllib.error.HTTPError as e:
+            if e.code == 401:
+                raise JudgeError(
+                    f"judge {base} refused the API key (HTTP 401); set TCLLAVA_JUDGE_API_KEY"
+                ) from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", None) or e
+            raise JudgeError(
+                f"judge endpoint {self.url} is not reachable ({reason}); start the server or fix "
+                "--judge-url / TCLLAVA_JUDGE_URL"
+            ) from None
+
     def chat(self, system: str, user: str) -> str:
         body = json.dumps(
             {
@@ -235,10 +273,7 @@ class Judge:
                 "temperature": self.temperature,
             }
         ).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        request = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
         with urllib.request.urlopen(request, timeout=self.timeout) as response:
             reply = json.loads(response.read().decode())
         return reply["choices"][0]["message"]["content"]

@@ -2,8 +2,10 @@
 
 Files in `out_dir`:
 - `predictions.rank{r}-of{w}.jsonl`: one header line (the run's configuration) then one line per
-  sample, appended and flushed as soon as it is known. A rerun skips ids already there, so an
-  interrupted evaluation resumes; a rerun with a different configuration is refused rather than mixed.
+  sample, appended and flushed as soon as it is known. A rerun skips ids already answered, so an
+  interrupted evaluation resumes, and retries the ones recorded with an error (missing video, decode
+  timeout): the new attempt is appended and the later line wins. A rerun with a different
+  configuration is refused rather than mixed.
 - `predictions.jsonl`: all shards merged in benchmark order (each id exactly once).
 - `judgements.jsonl` (open-ended benchmarks): one line per judge call, resumable the same way.
 - `results.json`, `results.md`, `results.png`.
@@ -15,6 +17,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -24,12 +27,13 @@ import torch
 from tqdm.auto import tqdm
 
 import tcllava
-from tcllava.eval.benchmarks import Benchmark, EvalError, Sample, load_benchmark
+from tcllava.eval.benchmarks import Benchmark, EvalError, EvalInputError, Sample
+from tcllava.eval.config import EvalRun
 from tcllava.eval.dataset import EvalDataset, keep_lists
 from tcllava.eval.extract import EXTRACTION_RULE, EXTRACTION_VERSION, extract_choice
 from tcllava.eval.judge import JUDGE_PROMPTS, SCORE_RULE, Judge, JudgeError
 from tcllava.eval.predictor import Predictor, describe_predictor
-from tcllava.eval.protocols import EvalProtocol, get_protocol
+from tcllava.eval.protocols import EvalProtocol
 from tcllava.eval.report import write_reports
 from tcllava.eval.scoring import judge_jobs, score_judged, score_mcq
 from tcllava.eval.subtitles import SUBTITLE_RULE
@@ -44,7 +48,7 @@ def rank_and_world(rank: int | None = None, world_size: int | None = None) -> tu
     world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
     rank = rank if rank is not None else int(os.environ.get("RANK", "0"))
     if world < 1 or not 0 <= rank < world:
-        raise EvalError(f"bad rank/world size {rank}/{world}")
+        raise EvalInputError(f"bad rank/world size {rank}/{world} (RANK, WORLD_SIZE); need 0 <= rank < world")
     return rank, world
 
 
@@ -128,19 +132,9 @@ def _record(
     return rec
 
 
-def run_shard(
-    predictor: Predictor,
-    samples: list[Sample],
-    protocol: EvalProtocol,
-    path: Path,
-    header: dict[str, Any],
-    num_frames: int,
-    batch_size: int,
-    num_workers: int,
-    subtitle_mode: str,
-    timeout: float,
-) -> int:
-    """Generate predictions for the samples not yet in `path`; returns how many were done now."""
+def open_shard(path: Path, samples: list[Sample], header: dict[str, Any]) -> list[Sample]:
+    """The samples of this shard still to do: not in `path` yet, or recorded there with an error
+    (the later line of a retry wins). Writes the header of a new shard file."""
     found, done = read_jsonl(path, repair=True)
     if found is not None:
         _check_same_run(path, found, header)
@@ -148,13 +142,27 @@ def run_shard(
         raise EvalError(f"{path} has predictions but no header line; move it away and rerun")
     else:
         path.write_text(json.dumps({"_header": header}) + "\n", encoding="utf-8")
-    done_ids = {r["id"] for r in done}
-    pending = [s for s in samples if s.id not in done_ids]
+    latest = {r["id"]: r for r in done}
+    pending = [s for s in samples if s.id not in latest or latest[s.id].get("error")]
+    retried = sum(s.id in latest for s in pending)
+    if retried:
+        print(
+            f"[tcllava eval] {path}: retrying {retried} samples that failed before",
+            file=sys.stderr,
+            flush=True,
+        )
+    return pending
+
+
+def run_shard(
+    predictor: Predictor, pending: list[Sample], protocol: EvalProtocol, path: Path, run: EvalRun
+) -> int:
+    """Generate predictions for `pending` (see `open_shard`), appending to `path`; returns how many."""
     if not pending:
         return 0
-    dataset = EvalDataset(pending, protocol, num_frames, subtitle_mode, timeout)
+    dataset = EvalDataset(pending, protocol, run.num_frames, run.subtitle_mode, run.timeout)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=max(1, batch_size), shuffle=False, num_workers=num_workers, collate_fn=keep_lists
+        dataset, batch_size=run.batch_size, shuffle=False, num_workers=run.num_workers, collate_fn=keep_lists
     )
     order = {s.id: k for k, s in enumerate(pending)}
     count = 0
@@ -214,7 +222,8 @@ def incomplete_shards(samples: list[Sample], out_dir: Path, world: int) -> list[
 def merge_shards(
     samples: list[Sample], out_dir: Path, world: int
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """All shards -> one record per sample id, in benchmark order; refuses mixed runs or gaps."""
+    """All shards -> one record per sample id, in benchmark order (a retried sample's later line wins);
+    refuses mixed runs or gaps."""
     header: dict[str, Any] | None = None
     by_id: dict[str, dict[str, Any]] = {}
     for r in range(world):
@@ -226,7 +235,7 @@ def merge_shards(
             header = h
         _check_same_run(path, h, header)
         for rec in records:
-            by_id.setdefault(rec["id"], rec)  # a duplicate (rerun race) is the same sample; keep the first
+            by_id[rec["id"]] = rec
     wanted = [s.id for s in samples]
     missing = [i for i in wanted if i not in by_id]
     extra = sorted(set(by_id) - set(wanted))
@@ -250,9 +259,17 @@ def merge_shards(
 
 
 def run_judge(
-    judge: Judge, kind: str, records: list[dict[str, Any]], out_dir: Path, workers: int = 4
+    judge: Judge,
+    kind: str,
+    records: list[dict[str, Any]],
+    out_dir: Path,
+    workers: int = 4,
+    max_failures: int = 5,
 ) -> dict[str, dict[str, Any]]:
-    """Judge every record once (resumable); failed judgements are retried on the next run."""
+    """Judge every record once (resumable); failed judgements are retried on the next run.
+
+    Fails fast instead of letting every question wait out its retries: the endpoint is checked before
+    the first call, and `max_failures` failed judgements in a row stop the run (JudgeError)."""
     path = out_dir / "judgements.jsonl"
     found, done = read_jsonl(path, repair=True)
     if found is None:
@@ -264,6 +281,9 @@ def run_judge(
         )
     results = {d["key"]: d for d in done}  # later lines win
     jobs = [j for j in judge_jobs(kind, records) if results.get(f"{j[0]}:{j[1]}", {"error": 1}).get("error")]
+    if not jobs:
+        return results
+    judge.check()
 
     def one(criterion: str, key: str, fields: dict[str, str]) -> dict[str, Any]:
         try:
@@ -271,12 +291,23 @@ def run_judge(
         except JudgeError as e:
             return {"key": f"{criterion}:{key}", "error": str(e)}
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    in_a_row = 0
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         futures = [pool.submit(one, *job) for job in jobs]
         for future in as_completed(futures):
             result = future.result()
             _append(path, [result])
             results[result["key"]] = result
+            in_a_row = in_a_row + 1 if result["error"] else 0
+            if in_a_row >= max_failures:
+                kept = sum(not r.get("error") for r in results.values())
+                raise JudgeError(
+                    f"stopped after {in_a_row} failed judgements in a row (last: {result['error']}); "
+                    f"{kept} judgements are kept in {path} and a rerun resumes from them"
+                )
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return results
 
 
@@ -319,16 +350,47 @@ def _results(
     return results
 
 
+def failures(bench: Benchmark, metrics: dict[str, Any], run: EvalRun, out_dir: Path) -> dict[str, Any]:
+    """How many samples (and judgements) failed, against `run.max_error_rate`; `message` says where
+    the failures are listed when there are too many (every sample failing is always too many)."""
+    if bench.kind == "mcq":
+        n, failed = metrics["overall"]["n"], metrics["overall"]["errors"]
+    else:
+        n, failed = metrics["n"], metrics["errors"]
+    criteria = metrics.get("criteria", {}).values()
+    judge_failed = sum(c["judge_errors"] for c in criteria)
+    judgements = judge_failed + sum(c["judged"] for c in criteria)
+    rate = run.max_error_rate
+    problems = []
+    if n and (failed == n or failed / n > rate):
+        problems.append(
+            f"{failed} of {n} samples failed (listed with their error in {out_dir / 'predictions.jsonl'})"
+        )
+    if judgements and (judge_failed == judgements or judge_failed / judgements > rate):
+        problems.append(
+            f"{judge_failed} of {judgements} judgements failed (listed in {out_dir / 'judgements.jsonl'})"
+        )
+    message = None
+    if problems:
+        message = (
+            f"{'; '.join(problems)}; allowed: at most {rate:.1%} (--max-error-rate) and never all. "
+            "Fix the cause and rerun: failed samples and judgements are retried"
+        )
+    return {
+        "samples_failed": failed,
+        "samples": n,
+        "judgements_failed": judge_failed,
+        "judgements": judgements,
+        "max_error_rate": run.max_error_rate,
+        "message": message,
+    }
+
+
 def finalize(
-    bench: Benchmark,
-    protocol: EvalProtocol,
-    out_dir: Path,
-    world: int,
-    judge: Judge | None = None,
-    judge_workers: int = 4,
-    limit: int | None = None,
+    run: EvalRun, bench: Benchmark, protocol: EvalProtocol, world: int, judge: Judge | None = None
 ) -> dict[str, Any]:
     """Merge all shards, judge if needed, score, and write results.json / .md / .png."""
+    out_dir = Path(run.out_dir)
     header, records = merge_shards(bench.samples, out_dir, world)
     if header["protocol"] != protocol.describe():
         raise EvalError(
@@ -340,10 +402,10 @@ def finalize(
         metrics = score_mcq(records, protocol.denominator, bench.tasks_found, groups)
     else:
         judge = judge or Judge.from_env()
-        metrics = score_judged(
-            bench.kind, records, run_judge(judge, bench.kind, records, out_dir, judge_workers)
-        )
-    results = _results(bench, protocol, header, metrics, world, judge, limit)
+        judgements = run_judge(judge, bench.kind, records, out_dir, run.judge_workers, run.judge_max_failures)
+        metrics = score_judged(bench.kind, records, judgements)
+    results = _results(bench, protocol, header, metrics, world, judge, run.limit)
+    results["failures"] = failures(bench, metrics, run, out_dir)
     write_reports(results, out_dir)
     return results
 
@@ -377,86 +439,48 @@ def _header(
     return json.loads(json.dumps(header, default=str))  # as it will read back from the file
 
 
-def evaluate(
-    predictor: Predictor,
-    benchmark: str,
-    data_dir: str | Path,
-    out_dir: str | Path,
-    protocol: str | None = None,
-    num_frames: int = 16,
-    batch_size: int = 1,
-    num_workers: int = 2,
-    limit: int | None = None,
-    *,
-    subtitles: bool = False,
-    subtitle_mode: str = "frames",
-    sampling: str | None = None,
-    scoring: str | None = None,
-    judge: Judge | None = None,
-    judge_workers: int = 4,
-    rank: int | None = None,
-    world_size: int | None = None,
-    timeout: float = 60.0,
-) -> dict[str, Any]:
-    """Evaluate `predictor` on `benchmark` (mvbench, videomme, synthetic, msvd-qa, msrvtt-qa,
-    activitynet-qa, tgif-qa, videochatgpt) from the local copy in `data_dir`; write to `out_dir`.
+def evaluate(predictor: Predictor, run: EvalRun, judge: Judge | None = None) -> dict[str, Any]:
+    """Evaluate `predictor` on `run.benchmark` (mvbench, videomme, synthetic, msvd-qa, msrvtt-qa,
+    activitynet-qa, tgif-qa, videochatgpt) from the local copy in `run.data_dir`; write to `run.out_dir`.
 
-    Returns the results dict (also in results.json) once every shard is done. Under torchrun
-    (RANK/WORLD_SIZE set) each rank does its shard; with torch.distributed initialised rank 0 merges
-    after a barrier, otherwise the last rank to finish does. A rank that cannot merge yet returns
-    `{"status": "partial", ...}`; run `merge()` (or `tcllava eval ... --merge-only`) after all ranks.
-    `limit`: the first N rows of each task; `sampling` overrides the protocol's frame sampling
-    (tcllava.video: middle, uniform, mvbench); `scoring` "likelihood" ranks the options by the model's
-    log-probability of each whole answer instead of generating (the predictor needs `rank`). Open-ended benchmarks need a `judge` (or the
-    TCLLAVA_JUDGE_* environment variables).
+    Returns the results dict (also in results.json) once every shard is done; `results["failures"]`
+    counts the failed samples and judgements (its `message` is set when they exceed
+    `run.max_error_rate`). Under torchrun (RANK/WORLD_SIZE set) each rank does its shard; with
+    torch.distributed initialised rank 0 merges after a barrier, otherwise the last rank to finish
+    does. A rank that cannot merge yet returns `{"status": "partial", ...}`; run `merge()` (or
+    `tcllava eval ... --merge-only`) after all ranks. Likelihood scoring needs a predictor with
+    `rank`. Open-ended benchmarks need a `judge` (or the TCLLAVA_JUDGE_* environment variables); it is
+    checked to be reachable before any generation, so a dead endpoint fails in seconds, not hours.
     """
-    bench = load_benchmark(benchmark, data_dir, limit)
-    proto = get_protocol(benchmark, protocol, subtitles, sampling, scoring)
-    rank, world = rank_and_world(rank, world_size)
-    out = Path(out_dir)
+    bench = run.load()
+    proto = run.eval_protocol()
+    rank, world = rank_and_world(run.rank, run.world_size)
+    out = Path(run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    header = _header(bench, proto, num_frames, subtitle_mode, describe_predictor(predictor), world, rank)
-    run_shard(
-        predictor,
-        shard_of(bench.samples, rank, world),
-        proto,
-        shard_path(out, rank, world),
-        header,
-        num_frames,
-        batch_size,
-        num_workers,
-        subtitle_mode,
-        timeout,
+    header = _header(
+        bench, proto, run.num_frames, run.subtitle_mode, describe_predictor(predictor), world, rank
     )
+    judge = judge or (Judge.from_env() if run.judged else None)
+    path = shard_path(out, rank, world)
+    pending = open_shard(path, shard_of(bench.samples, rank, world), header)
+    if judge is not None and pending:
+        judge.check()  # hours of generation are wasted if the judge turns out to be down afterwards
+    run_shard(predictor, pending, proto, path, run)
     distributed = world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
     if distributed:
         torch.distributed.barrier()
         if rank != 0:
             return {"status": "shard-done", "rank": rank, "world_size": world}
-    pending = incomplete_shards(bench.samples, out, world)
-    if pending:
-        return {"status": "partial", "rank": rank, "world_size": world, "incomplete_shards": pending}
-    return finalize(bench, proto, out, world, judge, judge_workers, limit)
+    incomplete = incomplete_shards(bench.samples, out, world)
+    if incomplete:
+        return {"status": "partial", "rank": rank, "world_size": world, "incomplete_shards": incomplete}
+    return finalize(run, bench, proto, world, judge)
 
 
-def merge(
-    benchmark: str,
-    data_dir: str | Path,
-    out_dir: str | Path,
-    protocol: str | None = None,
-    limit: int | None = None,
-    *,
-    subtitles: bool = False,
-    sampling: str | None = None,
-    scoring: str | None = None,
-    judge: Judge | None = None,
-    judge_workers: int = 4,
-) -> dict[str, Any]:
-    """Merge the shard files already in `out_dir` (all ranks finished) and write the results."""
-    out = Path(out_dir)
+def merge(run: EvalRun, judge: Judge | None = None) -> dict[str, Any]:
+    """Merge the shard files already in `run.out_dir` (all ranks finished) and write the results."""
+    out = Path(run.out_dir)
     worlds = {int(p.name.split("-of")[1].split(".")[0]) for p in out.glob("predictions.rank*-of*.jsonl")}
     if len(worlds) != 1:
         raise EvalError(f"{out}: expected shard files of one world size, found {sorted(worlds) or 'none'}")
-    bench = load_benchmark(benchmark, data_dir, limit)
-    proto = get_protocol(benchmark, protocol, subtitles, sampling, scoring)
-    return finalize(bench, proto, out, worlds.pop(), judge, judge_workers, limit)
+    return finalize(run, run.load(), run.eval_protocol(), worlds.pop(), judge)

@@ -1,126 +1,149 @@
-"""`tcllava ablate CONFIG`: the paper's two studies on the synthetic benchmark, plus the temporal-id reading.
+"""`tcllava ablate CONFIG`: the paper's studies on the synthetic benchmark as a resumable grid.
 
-A grid of cells (each: gamma, mask kind, text_after_video) x seeds, every cell trained and evaluated exactly
-like the demo's variants (accuracies by likelihood scoring, the generated letter's beside them). Each
-(cell, seed) leaves ``eval/<cell>-seed<s>/<scoring>/results.json``; a rerun skips those and the trainer
-resumes a half-finished run, so an interrupted grid continues where it stopped.
+A cell is a name, a study and TC settings (any field of :class:`~tcllava.attention.TCAttentionConfig`;
+unset ones are vanilla's: gamma 0, causal mask, the paper's reading). Every (cell, seed) is one variant run
+of the experiment kit, trained and evaluated exactly like the demo's variants; finished runs are reused,
+so an interrupted grid continues where it stopped and a grown grid trains only its new cells.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tcllava.data.synthetic import TASKS
-from tcllava.recipes.demo import (
-    SCORINGS,
-    DemoConfig,
-    evaluate_model,
-    initial_checkpoint,
+from tcllava.attention import SETTINGS, TCAttentionConfig
+from tcllava.recipes.experiment import (
+    ExperimentConfig,
+    Phases,
+    choose_start,
     log,
     prepare_data,
-    task_accuracy,
-    train_variant,
+    run_variant,
+    task_groups,
 )
-from tcllava.recipes.stats import mean_ci
-
-CELL_KEYS = {"name", "study", "gamma", "mask", "text_after_video"}
+from tcllava.recipes.stats import mean_ci, percent
 
 
-def load_grid(
-    path: str | Path, overrides: dict[str, Any] | None = None
-) -> tuple[DemoConfig, list[dict[str, Any]]]:
-    values = yaml.safe_load(Path(path).read_text()) or {}
-    values.update(overrides or {})
-    grid = values.pop("grid", None)
-    if not grid:
-        raise ValueError(f"{path}: no grid of cells")
-    names = set()
-    for cell in grid:
-        unknown = set(cell) - CELL_KEYS
-        if unknown or "name" not in cell:
-            raise ValueError(f"{path}: a cell needs a name and may set {sorted(CELL_KEYS)}; got {cell}")
-        if cell["name"] in names:
-            raise ValueError(f"{path}: duplicate cell name {cell['name']!r}")
-        names.add(cell["name"])
-        cell.setdefault("study", "grid")
-        cell.setdefault("gamma", 0.0)
-        cell.setdefault("mask", "causal")
-        cell.setdefault("text_after_video", "paper")
-    known = set(DemoConfig.__dataclass_fields__)
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-    cfg = DemoConfig(**values)
-    cfg.variants = {c["name"]: {k: c[k] for k in ("gamma", "mask", "text_after_video")} for c in grid}
-    return cfg, grid
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    study: str
+    settings: TCAttentionConfig
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str) -> Cell:
+        values = dict(values)
+        name, study = values.pop("name", None), values.pop("study", "grid")
+        unknown = set(values) - set(SETTINGS)
+        if not name or unknown:
+            raise ValueError(
+                f"{where}: a cell needs a name and may set study and {', '.join(SETTINGS)}; got {values}"
+            )
+        try:
+            settings = TCAttentionConfig.vanilla().replace(**values)
+        except ValueError as e:
+            raise ValueError(f"{where}: cell {name!r}: {e}") from None
+        return cls(str(name), str(study), settings)
 
 
-def run_grid(cfg: DemoConfig, grid: list[dict[str, Any]]) -> dict:
-    start = time.perf_counter()
+@dataclass
+class AblationConfig(ExperimentConfig):
+    out: str = "runs/ablate"
+    grid: list[Cell] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.grid:
+            raise ValueError("an ablation needs a grid of cells")
+        names = [c.name for c in self.grid]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate cell names in {names}")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> AblationConfig:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        values.update(overrides or {})
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+        cells = [Cell.from_dict(c, str(path)) for c in values.pop("grid", None) or []]
+        return cls(**values, grid=cells)
+
+
+def run_grid(cfg: AblationConfig) -> dict:
+    started = time.perf_counter()
     out = Path(cfg.out)
+    units = len(cfg.grid) * len(cfg.seeds)
+    phases = Phases(total=units + 2, units=units)
+    phases.begin("benchmark videos")
     data = prepare_data(cfg)
-    temporal = [t for t, spec in TASKS.items() if spec.kind == "temporal"]
-    static = [t for t, spec in TASKS.items() if spec.kind == "static"]
+    phases.end()
+    groups = task_groups(cfg.tasks)
+    starts = {seed: choose_start(cfg, data, seed) for seed in cfg.seeds}
     rows = []
-    for cell in grid:
+    for cell in cfg.grid:
         per_seed: dict[int, dict[str, float]] = {}
         generated: dict[int, dict[str, float]] = {}
+        models: dict[int, str] = {}
         for seed in cfg.seeds:
-            done = {k: out / "eval" / f"{cell['name']}-seed{seed}" / k / "results.json" for k in SCORINGS}
-            if all(path.is_file() for path in done.values()):
-                log(f"{cell['name']} seed {seed}: done before, skipped")
-                results = {k: json.loads(path.read_text()) for k, path in done.items()}
-            else:
-                log(
-                    f"{cell['name']} seed {seed}: gamma {cell['gamma']}, {cell['mask']}, {cell['text_after_video']}"
-                )
-                init = initial_checkpoint(cfg, data, seed)
-                model_dir = train_variant(cfg, data, init, cell["name"], seed)
-                results = evaluate_model(cfg, data, model_dir, f"{cell['name']}-seed{seed}")
-            accuracy = task_accuracy(results)
-            per_seed[seed], generated[seed] = accuracy["likelihood"], accuracy["generate"]
-        row = dict(cell)
-        for label, tasks in (("temporal", temporal), ("static", static), ("all", list(TASKS))):
+            settings = cell.settings
+            phases.begin(
+                f"{cell.name} seed {seed}: gamma {settings.gamma:g}, {settings.mask}, {settings.text_after_video}",
+                unit=True,
+            )
+            run = run_variant(cfg, data, starts[seed], cell.name, settings, seed)
+            phases.end()
+            per_seed[seed], generated[seed] = run.accuracy["likelihood"], run.accuracy["generate"]
+            models[seed] = str(run.model)
+        row: dict[str, Any] = {"name": cell.name, "study": cell.study, **cell.settings.to_dict()}
+        for label, tasks in [*groups.items(), ("all", cfg.tasks)]:
             row[label] = mean_ci([sum(acc[t] for t in tasks) / len(tasks) for acc in per_seed.values()])
         row["all_generated"] = mean_ci([sum(acc.values()) / len(acc) for acc in generated.values()])
-        row["tasks"] = {t: mean_ci([acc[t] for acc in per_seed.values()]) for t in TASKS}
+        row["tasks"] = {t: mean_ci([acc[t] for acc in per_seed.values()]) for t in cfg.tasks}
+        row["models"] = models
         rows.append(row)
-    report = {"config": cfg.__dict__, "rows": rows, "seconds": time.perf_counter() - start}
+    phases.begin("report")
+    config = asdict(cfg)
+    config["grid"] = [{"name": c.name, "study": c.study, **c.settings.to_dict()} for c in cfg.grid]
+    report = {"config": config, "rows": rows, "seconds": time.perf_counter() - started}
     (out / "ablation.json").write_text(json.dumps(report, indent=2, default=str))
-    table = ablation_table(rows)
+    table = ablation_table(rows, list(groups))
     (out / "ablation.md").write_text(
         f"# Ablation on the synthetic benchmark\n\n{len(cfg.seeds)} seeds, {cfg.steps} steps; mean accuracy % "
         f"± 95% CI, scored by likelihood (last column: by the generated letter).\n\n{table}"
     )
-    ablation_plot(rows, out / "ablation.png")
+    ablation_plot(rows, list(groups), out / "ablation.png")
+    phases.end()
     print(table)
     log(f"grid done in {report['seconds'] / 60:.1f} min: {out / 'ablation.md'}")
     return report
 
 
-def ablation_table(rows: list[dict]) -> str:
-    def cell(stats: dict) -> str:
-        ci = "" if stats["ci95"] != stats["ci95"] else f" ± {100 * stats['ci95']:.1f}"
-        return f"{100 * stats['mean']:.1f}{ci}"
-
-    lines = [
-        "| study | cell | gamma | mask | reading | temporal tasks | static tasks | all | all, generated letter |",
-        "|---|---|---:|---|---|---:|---:|---:|---:|",
+def ablation_table(rows: list[dict], kinds: list[str]) -> str:
+    head = [
+        "study",
+        "cell",
+        "gamma",
+        "mask",
+        "reading",
+        *[f"{k} tasks" for k in kinds],
+        "all",
+        "all, generated letter",
     ]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---:|---|---|" + "---:|" * (len(kinds) + 2)]
     for r in rows:
-        lines.append(
-            f"| {r['study']} | {r['name']} | {r['gamma']:g} | {r['mask']} | {r['text_after_video']} | "
-            f"{cell(r['temporal'])} | {cell(r['static'])} | {cell(r['all'])} | {cell(r['all_generated'])} |"
-        )
+        cells = [r["study"], r["name"], f"{r['gamma']:g}", r["mask"], r["text_after_video"]]
+        cells += [percent(r[k]) for k in [*kinds, "all", "all_generated"]]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def ablation_plot(rows: list[dict], path: Path) -> Path:
+def ablation_plot(rows: list[dict], kinds: list[str], path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,13 +151,15 @@ def ablation_plot(rows: list[dict], path: Path) -> Path:
 
     studies = list(dict.fromkeys(r["study"] for r in rows))
     fig, axes = plt.subplots(1, len(studies), figsize=(4.5 * len(studies), 4), squeeze=False, sharey=True)
+    width = 0.8 / len(kinds)
     for ax, study in zip(axes[0], studies, strict=True):
         cells = [r for r in rows if r["study"] == study]
-        for offset, label in ((-0.2, "temporal"), (0.2, "static")):
+        for k, label in enumerate(kinds):
+            offset = (k - (len(kinds) - 1) / 2) * width
             ax.bar(
                 [i + offset for i in range(len(cells))],
                 [100 * c[label]["mean"] for c in cells],
-                0.4,
+                width,
                 yerr=[0 if c[label]["ci95"] != c[label]["ci95"] else 100 * c[label]["ci95"] for c in cells],
                 capsize=2,
                 label=f"{label} tasks",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import yaml
 
@@ -10,19 +11,24 @@ import yaml
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML grid, e.g. configs/ablate_cpu.yaml")
     parser.add_argument(
-        "overrides", nargs="*", help="key=value overrides of the demo settings (e.g. steps=100)"
+        "overrides", nargs="*", help="key=value overrides of the experiment settings (e.g. steps=100)"
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from tcllava.recipes.ablate import load_grid, run_grid
+    from tcllava.recipes.ablate import AblationConfig, run_grid
 
     overrides = {}
     for item in args.overrides:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"override {item!r} is not key=value")
+            print(f"tcllava ablate: override {item!r} is not key=value", file=sys.stderr)
+            return 2
         overrides[key] = yaml.safe_load(value)
-    cfg, grid = load_grid(args.config, overrides)
-    run_grid(cfg, grid)
+    try:
+        cfg = AblationConfig.from_yaml(args.config, overrides)
+    except (OSError, ValueError, TypeError, yaml.YAMLError) as e:
+        print(f"tcllava ablate: {e}", file=sys.stderr)
+        return 2
+    run_grid(cfg)
     return 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from tcllava.recipes.base import BaseConfig
+from tcllava.argtypes import non_negative_int, positive_int
+from tcllava.recipes.image_llava import ImageLlavaConfig
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -14,20 +16,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", default=None, help="default: runs/demo; with --build-base: the cache (see --start)"
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps per variant and seed")
+    parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=None)
+    parser.add_argument(
+        "--steps", type=positive_int, default=None, help="fine-tuning steps per variant and seed"
+    )
     parser.add_argument(
         "--start",
         default="base",
         help="what both variants are fine-tuned from: base (default: the tiny image LLaVA, built on the "
-        "first run, about 28 minutes on two cores, and cached in $TCLLAVA_CACHE or ~/.cache/tcllava), "
-        "scratch (random weights) or a tcllava checkpoint directory",
+        "first run and cached in $TCLLAVA_CACHE or ~/.cache/tcllava), scratch (random weights) or a "
+        "tcllava checkpoint directory",
     )
     parser.add_argument(
         "--base-steps",
-        type=int,
+        type=positive_int,
         default=None,
-        help=f"training steps of the image LLaVA (default {BaseConfig.steps}; fewer build faster and see worse)",
+        help=f"training steps of the image LLaVA (default {ImageLlavaConfig.steps}; fewer build faster and see worse)",
     )
     parser.add_argument(
         "--build-base",
@@ -44,7 +48,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from tcllava.recipes.demo import DemoConfig, run_demo
+    from tcllava.recipes.image_llava import image_llava
 
     overrides = {"start": args.start, "llm": args.llm, "progress": not args.no_progress}
     if args.seeds:
@@ -53,17 +60,16 @@ def run(args: argparse.Namespace) -> int:
         overrides["steps"] = args.steps
     if args.base_steps:
         overrides["base_steps"] = args.base_steps
-    if args.build_base:
-        from dataclasses import replace
-
-        from tcllava.recipes.base import image_llava
-        from tcllava.recipes.demo import base_config
-
+    if not args.build_base:
+        overrides["out"] = args.out or "runs/demo"
+    try:
         cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
-        model = image_llava(replace(base_config(cfg), out=args.out or ""))
+    except ValueError as e:
+        print(f"tcllava demo: {e}", file=sys.stderr)
+        return 2
+    if args.build_base:
+        model = image_llava(replace(cfg.image_llava_config(), out=args.out or ""))
         print(f"image LLaVA: {model} (report: {model / 'base_report.json'})")
         return 0
-    overrides["out"] = args.out or "runs/demo"
-    cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
     run_demo(cfg)
     return 0

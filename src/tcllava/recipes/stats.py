@@ -6,6 +6,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 # Two-sided 95% Student t quantiles by degrees of freedom (n - 1); beyond 30 the normal value.
 _T95 = {
@@ -41,21 +42,43 @@ def mean_ci(values: Sequence[float]) -> dict[str, float]:
     return {"mean": mean, "ci95": half, "n": n, "values": list(values)}
 
 
-def comparison_table(summary: dict, variants: Sequence[str], groups: dict[str, list[str]]) -> str:
-    """Markdown: one row per task (and per group mean), one column per variant, mean ± 95% CI in %."""
+def paired_difference(treated: Sequence[float], control: Sequence[float]) -> dict[str, Any]:
+    """Mean of the per-seed differences ``treated - control`` with its 95% t interval: the comparison of
+    paired runs (same seed, start and data order), whose seed-to-seed noise cancels. ``excludes_zero``:
+    whether the interval lies wholly on one side of 0 (None with a single pair)."""
+    if len(treated) != len(control):
+        raise ValueError(
+            f"paired runs need as many values on each side, got {len(treated)} and {len(control)}"
+        )
+    stats = mean_ci([a - b for a, b in zip(treated, control, strict=True)])
+    half = stats["ci95"]
+    stats["low"], stats["high"] = stats["mean"] - half, stats["mean"] + half
+    stats["excludes_zero"] = None if math.isnan(half) else bool(stats["low"] > 0 or stats["high"] < 0)
+    return stats
 
-    def cell(stats: dict) -> str:
-        ci = "" if math.isnan(stats["ci95"]) else f" ± {100 * stats['ci95']:.1f}"
-        return f"{100 * stats['mean']:.1f}{ci}"
 
+def percent(stats: dict[str, Any], signed: bool = False) -> str:
+    """``53.3 ± 1.3`` (or ``+5.7 ± 3.1``) in percentage points from a fraction's mean and half-width."""
+    mean = f"{100 * stats['mean']:+.1f}" if signed else f"{100 * stats['mean']:.1f}"
+    return mean if math.isnan(stats["ci95"]) else f"{mean} ± {100 * stats['ci95']:.1f}"
+
+
+def comparison_table(
+    summary: dict, variants: Sequence[str], groups: dict[str, list[str]], paired: dict | None = None
+) -> str:
+    """Markdown: one row per task (and per group mean), one column per variant, mean ± 95% CI in %, and
+    the last variant minus the first as the mean paired difference with its 95% interval."""
     head = "| task | kind | " + " | ".join(variants) + " | difference |"
     lines = [head, "|---|---|" + "---:|" * (len(variants) + 1)]
     rows = [(task, kind) for kind, tasks in groups.items() for task in tasks]
     rows += [(f"**mean {kind}**", kind) for kind in groups]
     for task, kind in rows:
-        cells = [cell(summary[v][task]) for v in variants]
-        diff = 100 * (summary[variants[-1]][task]["mean"] - summary[variants[0]][task]["mean"])
-        lines.append(f"| {task} | {kind} | " + " | ".join(cells) + f" | {diff:+.1f} |")
+        cells = [percent(summary[v][task]) for v in variants]
+        if paired is not None:
+            diff = percent(paired[task], signed=True)
+        else:
+            diff = f"{100 * (summary[variants[-1]][task]['mean'] - summary[variants[0]][task]['mean']):+.1f}"
+        lines.append(f"| {task} | {kind} | " + " | ".join(cells) + f" | {diff} |")
     return "\n".join(lines) + "\n"
 
 

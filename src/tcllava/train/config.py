@@ -184,20 +184,27 @@ class TrainConfig:
         return cls(**_known(cls, values, ""))
 
     @classmethod
-    def from_yaml(cls, path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-        """Load ``path`` (None: start empty) and apply ``key=value`` overrides; values are YAML
-        (``lr=1e-4``, ``llm=lora``, ``lora.r=16``, ``data.0.weight=2``, ``data=[{path: a.json}]``)."""
-        values: dict[str, Any] = {}
+    def from_yaml(
+        cls,
+        path: str | Path | None,
+        overrides: list[str] | tuple[str, ...] = (),
+        values: dict[str, Any] | None = None,
+    ) -> TrainConfig:
+        """Load ``path`` (None: start empty), replace its top-level keys by ``values`` (Python objects, for
+        recipes), then apply ``key=value`` overrides whose values are YAML (``lr=1e-4``, ``llm=lora``,
+        ``lora.r=16``, ``data.0.weight=2``, ``attention.gamma=0``, ``data=[{path: a.json}]``)."""
+        loaded: dict[str, Any] = {}
         if path is not None:
-            values = yaml.safe_load(Path(path).read_text()) or {}
-            if not isinstance(values, dict):
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+            if not isinstance(loaded, dict):
                 raise ValueError(f"{path}: a config is a mapping of keys to values")
+        loaded.update(values or {})
         for item in overrides:
             key, sep, raw = item.partition("=")
             if not sep or not key:
                 raise ValueError(f"override {item!r} is not key=value")
-            _set(values, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
-        return cls.from_dict(values)
+            _set(loaded, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        return cls.from_dict(loaded)
 
     def to_yaml(self, header: str = "") -> str:
         comment = "".join(f"# {line}\n" for line in header.splitlines())

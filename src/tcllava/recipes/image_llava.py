@@ -1,4 +1,4 @@
-"""A tiny image LLaVA trained on still images: where the demo's video fine-tuning starts.
+"""The tiny image LLaVA, trained on still images: where the demo's video fine-tuning starts.
 
 TC-LLaVA takes an image LLaVA (a pretrained LLM that already answers multiple-choice questions, a tower
 and projector aligned on images) and fine-tunes it on video. None can be downloaded here, so the demo
@@ -32,14 +32,14 @@ from typing import Any
 import torch
 
 from tcllava.data.synthetic import TASKS, generate_images, make_samples
-from tcllava.recipes.tiny_model import TinySizes
+from tcllava.recipes.tiny_model import TinySizes, corpus, demo_config, save_checkpoint
 
 BASE_FORMAT = 1  # bump when a build's recipe or report changes in a way its settings do not show
 NOT_IN_KEY = ("out", "num_workers", "progress")  # settings that do not change the model built
 
 
 @dataclass
-class BaseConfig(TinySizes):
+class ImageLlavaConfig(TinySizes):
     """Settings of the image-LLaVA build (the defaults: about 28 minutes on two CPU cores)."""
 
     out: str = ""  # "" = this build's folder in the cache (see image_llava)
@@ -83,19 +83,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tcllava"
 
 
-def base_key(cfg: BaseConfig) -> str:
+def build_key(cfg: ImageLlavaConfig) -> str:
     """A name for what this build produces: its settings, the build format and the benchmark's words."""
     settings = {k: v for k, v in asdict(cfg).items() if k not in NOT_IN_KEY}
     payload = json.dumps([BASE_FORMAT, settings, benchmark_texts(cfg.seed)], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def image_llava(cfg: BaseConfig, announce: Callable[[str], None] = print) -> Path:
+def image_llava(cfg: ImageLlavaConfig, announce: Callable[[str], None] = print) -> Path:
     """The image LLaVA of these settings: reused when built before, otherwise built (once) and cached.
 
     Only the model and its report are kept; the stills, the initial weights and the checkpoints of a
     finished build are deleted."""
-    folder = Path(cfg.out) if cfg.out else cache_dir() / "image_llava" / base_key(cfg)
+    folder = Path(cfg.out) if cfg.out else cache_dir() / "image_llava" / build_key(cfg)
     model = folder / "model"
     if (model / "base_report.json").is_file():
         announce(f"image LLaVA: reusing {model}")
@@ -104,7 +104,7 @@ def image_llava(cfg: BaseConfig, announce: Callable[[str], None] = print) -> Pat
         f"image LLaVA: building it once into {folder} ({cfg.steps} steps of {cfg.batch_size} stills; "
         f"about {cfg.steps * 0.56 / 60:.0f} min on two CPU cores; later runs reuse it)"
     )
-    build_base(replace(cfg, out=str(folder)))
+    build_image_llava(replace(cfg, out=str(folder)))
     for scratch in ("images", "test_images", "init", "run"):
         shutil.rmtree(folder / scratch, ignore_errors=True)
     return model
@@ -157,11 +157,10 @@ def image_question_accuracy(model_dir: Path, data: Path, limit: int | None = Non
     return report
 
 
-def build_base(cfg: BaseConfig) -> Path:
+def build_image_llava(cfg: ImageLlavaConfig) -> Path:
     """Generate the still images, train a random tiny LLaVA on them, test it on held-out stills."""
     from tcllava.model import TCLlavaForConditionalGeneration
     from tcllava.model.factory import build_word_tokenizer
-    from tcllava.recipes.tiny_model import corpus, demo_config, save_checkpoint
     from tcllava.train import TrainConfig, train
 
     start = time.perf_counter()
@@ -184,18 +183,14 @@ def build_base(cfg: BaseConfig) -> Path:
         "max_steps": cfg.steps,
         "batch_size": cfg.batch_size,
         "lr": cfg.lr,
-        "gamma": 0.0,
-        "mask": "causal",
+        "attention": {"gamma": 0.0, "mask": "causal"},
         "log_every": max(1, cfg.steps // 20),
         "save_every": max(1, cfg.steps // 4),
         "seed": cfg.seed,
         "num_workers": cfg.num_workers,
         "progress": cfg.progress,
     }
-    config = TrainConfig.from_yaml(
-        recipe("cpu_demo.yaml"), [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
-    )
-    summary = train(config)
+    summary = train(TrainConfig.from_yaml(recipe("cpu_demo.yaml"), values=overrides))
     if summary.get("error"):
         raise RuntimeError(f"building the base failed: {summary['error']}")
     model = out / "model"
