@@ -26,7 +26,7 @@ SIZES = dict(
     num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=2,
-    head_dim=32,  # head_dim >= 32: FlexAttention gives NaN with 16 and grouped heads (method.md 6)
+    head_dim=32,  # head_dim >= 32: FlexAttention gives NaN with 16 and grouped heads (docs/method.md 6)
     max_position_embeddings=512,
 )
 FAMILIES = {

@@ -14,7 +14,7 @@ from conftest import pad_rows, random_layout, video_layout
 
 
 def brute_force_mask(row: list[int], real: list[int], kind: str) -> list[list[bool]]:
-    """method.md 1.2 written out with loops; frames numbered by walking the real tokens."""
+    """docs/method.md 1.2 written out with loops; frames numbered by walking the real tokens."""
     frame_of: dict[int, int] = {}
     frame, previous = -1, None
     for i, (f, r) in enumerate(zip(row, real, strict=True)):

@@ -1,4 +1,4 @@
-"""Temporal ids and RoPE positions against method.md 1.1: the worked example, the closed form, invariants."""
+"""Temporal ids and RoPE positions against docs/method.md 1.1: the worked example, the closed form, invariants."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_worked_example_next_reading_steps_after_video():
 
 
 def closed_form(n: int, v_s: int, v_e: int, m: int) -> int:
-    """The paper's piecewise formula for one video (method.md 1.1)."""
+    """The paper's piecewise formula for one video (docs/method.md 1.1)."""
     if n < v_s:
         return n
     if n <= v_e:

@@ -1,4 +1,4 @@
-"""The four attention masks of the paper's ablation (Figure 3; method.md 1.2), as readable dense references.
+"""The four attention masks of the paper's ablation (Figure 3; docs/method.md 1.2), as readable dense references.
 
 ``allowed(i, j)``: query i may attend key j. ``vis(i)``: token i is visual; ``f(i)``: its frame.
 

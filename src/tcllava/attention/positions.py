@@ -1,4 +1,4 @@
-"""Temporal ids and the Temporal-Aware Dual RoPE positions (method.md 1.1).
+"""Temporal ids and the Temporal-Aware Dual RoPE positions (docs/method.md 1.1).
 
 Every token keeps its global position ``n`` (real tokens only, padding gets none) and gets a temporal id
 ``I_t(n)`` shared by all tokens of a frame. RoPE then runs at ``n + gamma * I_t(n)``: two rotations on the
@@ -101,7 +101,7 @@ def rope_positions(
 def block_ids(frame_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Non-decreasing block index per token: one block per frame, one per text token; padding gets -1.
 
-    ``frame_block_causal`` is exactly ``block(key) <= block(query)`` (method.md 1.2), which is what the
+    ``frame_block_causal`` is exactly ``block(key) <= block(query)`` (docs/method.md 1.2), which is what the
     fast kernels are built on.
     """
     real = _real_mask(frame_ids, attention_mask)

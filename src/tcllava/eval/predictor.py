@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from tcllava.model.templates import VIDEO_PLACEHOLDER
+
 if TYPE_CHECKING:  # the video module is only needed when clips are really decoded
     from tcllava.video import Clip
-
-VIDEO_PLACEHOLDER = "<video>"
 
 
 @dataclass(frozen=True)

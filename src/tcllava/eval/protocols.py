@@ -19,14 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from tcllava.data.conversations import MVBENCH_SYSTEM
 from tcllava.eval.benchmarks import Sample
 from tcllava.eval.predictor import VIDEO_PLACEHOLDER, Prompt
 
-MVBENCH_SYSTEM = (
-    "Carefully watch the video and pay attention to the cause and sequence of events, the detail and "
-    "movement of objects, and the action and pose of persons. Based on your observations, select the "
-    "best option that accurately addresses the question."
-)
 VIDEOMME_INSTRUCTION = (
     "Select the best answer to the following multiple-choice question based on the video. "
     "Respond with only the letter (A, B, C, or D) of the correct option."

@@ -69,7 +69,7 @@ def tiny_config(
     text_model_type: str = "llama",
     **fields: Any,
 ) -> TCLlavaConfig:
-    """A LLaVA small enough to train on two CPU cores (head_dim 32: see method.md 6 on flex NaNs)."""
+    """A LLaVA small enough to train on two CPU cores (head_dim 32: see docs/method.md 6 on flex NaNs)."""
     vision = dict(
         model_type="clip_vision_model",
         hidden_size=vision_hidden,

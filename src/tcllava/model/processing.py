@@ -82,7 +82,7 @@ class TCLlavaProcessor:
         path = Path(path)
         config = config or TCLlavaConfig.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        # PIL backend: torchvision cannot be installed beside the CPU torch build (method.md 6).
+        # PIL backend: torchvision cannot be installed beside the CPU torch build (docs/method.md 6).
         image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
         settings = (
             json.loads((path / PROCESSOR_FILE).read_text()) if (path / PROCESSOR_FILE).is_file() else {}

@@ -94,7 +94,7 @@ def setup(mode: str) -> Runtime:
 
 
 def teardown(rt: Runtime) -> None:
-    # ZeRO-3 and NCCL runs exit non-zero unless the group is destroyed (method.md 6).
+    # ZeRO-3 and NCCL runs exit non-zero unless the group is destroyed (docs/method.md 6).
     if dist.is_initialized() and (rt.owns_group or rt.mode == "deepspeed"):
         # Free the finished run's sharded model, optimizer and collective work objects first: left to
         # interpreter shutdown, gloo's worker threads can outlive them and abort the process.
