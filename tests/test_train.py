@@ -1,16 +1,21 @@
 """The training recipe end to end on CPU: config, a full run, exact resume, NaN and SIGTERM handling,
-final model formats, and two gloo processes against one."""
+final model formats, two gloo processes against one, and checkpoints that never unpickle code."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import pickle
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -19,8 +24,8 @@ import yaml
 
 from tcllava.cli import main as cli_main
 from tcllava.data.dataset import TrainCollator
-from tcllava.model import load, load_model
-from tcllava.train import NonFiniteLoss, TrainConfig, train
+from tcllava.model import CheckpointError, load, load_model
+from tcllava.train import NonFiniteLoss, TrainConfig, checkpoint, train
 from tcllava.train.checkpoint import list_checkpoints
 from tcllava.train.trainable import build_model, build_optimizer, lr_factor
 from train_fixtures import build_checkpoint, build_dataset, colour_frames
@@ -283,7 +288,7 @@ def test_sigterm_saves_a_checkpoint_before_exiting(assets, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err.decode()[-2000:]
     [saved] = list_checkpoints(out)
-    state = torch.load(saved / "trainer_state.pt", weights_only=False)
+    state = json.loads((saved / "trainer_state.json").read_text())
     assert state["step"] >= 2 and saved.name == f"step_{state['step']:08d}"
     report = json.loads((out / "report.json").read_text())
     assert report["interrupted"] and report["checkpoint"] == str(saved)
@@ -325,28 +330,35 @@ def test_deepspeed_zero_through_accelerate_gives_the_losses_of_one_process(asset
     )
     one = train(make_config(assets, tmp_path / "one", **settings))
     config = write_yaml(tmp_path / "c.yaml", make_config(assets, tmp_path / "ds", **settings))
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        f"configs/accelerate/zero{stage}.yaml",
-        "--main_process_port",
-        str(free_port()),  # not the fixed default: a port still held by an earlier run fails the launch
-    ]
-    done = subprocess.run(
-        [*launch, "--num_processes", "2", "-m", "tcllava", "train", str(config)],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads((tmp_path / "ds" / "report.json").read_text())
+
+    def launch(*overrides: str) -> dict:
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            f"configs/accelerate/zero{stage}.yaml",
+            "--main_process_port",
+            str(free_port()),  # not the fixed default: a port still held by an earlier run fails the launch
+        ]
+        done = subprocess.run(
+            [*command, "--num_processes", "2", "-m", "tcllava", "train", str(config), *overrides],
+            cwd=REPO,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads((tmp_path / "ds" / "report.json").read_text())
+
+    report = launch()
     assert (report["world_size"], report["distributed"]) == (2, "deepspeed")
     torch.testing.assert_close(report["losses"], one["losses"], rtol=0, atol=1e-5)
     assert (Path(report["final_model_dir"]) / "model.safetensors").is_file()
+    # resumed from step 2 (DeepSpeed's shards read weights_only, their digests checked): the same losses
+    resumed = launch(f"resume={tmp_path / 'ds' / 'checkpoints' / 'step_00000002'}")
+    torch.testing.assert_close(resumed["losses"], report["losses"], rtol=0, atol=1e-6)
 
 
 def test_cli_prints_the_resolved_config_and_rejects_unknown_keys(assets, tmp_path, capsys):
@@ -355,3 +367,208 @@ def test_cli_prints_the_resolved_config_and_rejects_unknown_keys(assets, tmp_pat
     assert yaml.safe_load(capsys.readouterr().out)["lr"] == 0.5
     assert cli_main(["train", str(config), "lr_rate=0.5"]) == 2
     assert "unknown config key 'lr_rate'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------- checkpoint safety
+
+
+class _Planted:
+    """Unpickling this runs ``touch MARKER`` (what a tampered checkpoint could do with any command)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def saved_run(assets):
+    """A finished 2-step run with its checkpoint step_00000002, copied by the tests that tamper with it."""
+    out = assets["root"] / "saved"
+    train(make_config(assets, out, max_steps=2, save_every=2))
+    return out
+
+
+def _copy(saved_run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    out = tmp_path / "run"
+    shutil.copytree(saved_run, out)
+    return out, out / "checkpoints" / "step_00000002"
+
+
+def _record(step_dir: Path, **changes) -> None:
+    state = json.loads((step_dir / "trainer_state.json").read_text())
+    state.update(changes)
+    (step_dir / "trainer_state.json").write_text(json.dumps(state))
+
+
+def test_a_planted_pickle_never_runs_on_resume(assets, saved_run, tmp_path, capsys):
+    marker = tmp_path / "PWNED"
+    pickle.loads(pickle.dumps(_Planted(tmp_path / "probe")))  # the payload does run when unpickled
+    assert (tmp_path / "probe").exists()
+    # an old-format checkpoint (or a planted one): trainer_state.pt and rng/rank_0.pt are pickles
+    out, step = _copy(saved_run, tmp_path / "legacy")
+    (step / "trainer_state.json").unlink(missing_ok=True)
+    torch.save({"step": 2, "x": _Planted(marker)}, step / "trainer_state.pt")
+    torch.save(_Planted(marker), step / "rng" / "rank_0.pt")
+    config = write_yaml(tmp_path / "c.yaml", make_config(assets, out, max_steps=2, save_every=2))
+    assert cli_main(["train", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith(f"tcllava train: {step}: written by an older tcllava")
+        and "cannot be loaded safely" in err
+    )
+    assert len(err.splitlines()) == 1 and not marker.exists()
+    with pytest.raises(CheckpointError, match="older tcllava"):
+        train(make_config(assets, out, max_steps=2, save_every=2, resume=str(step)))
+    # DCP's .metadata is a pickle: planted, with its digest rewritten to match (the whole folder forged)
+    out, step = _copy(saved_run, tmp_path / "metadata")
+    (step / ".metadata").write_bytes(pickle.dumps(_Planted(marker)))
+    with pytest.raises(CheckpointError, match=r"\.metadata: not a tcllava checkpoint state \(changed since"):
+        train(make_config(assets, out, max_steps=2, save_every=2))
+    _record(step, digests={".metadata": hashlib.sha256((step / ".metadata").read_bytes()).hexdigest()})
+    with pytest.raises(
+        CheckpointError, match=r"\.metadata: not a tcllava checkpoint state \(it refers to posix"
+    ):
+        train(make_config(assets, out, max_steps=2, save_every=2))
+    assert not marker.exists()
+
+
+def test_a_planted_value_inside_dcp_shards_is_not_unpickled(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    from tcllava.train.safe_load import load_dcp
+
+    marker = tmp_path / "PWNED"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # single-process DCP warns that it assumes no process group
+        dcp.save({"w": torch.arange(3.0), "lr": 0.5}, checkpoint_id=tmp_path / "good")
+        dcp.save({"w": torch.arange(3.0), "lr": _Planted(marker)}, checkpoint_id=tmp_path / "bad")
+        state = {"w": torch.zeros(3), "lr": 0.0}
+        load_dcp(state, tmp_path / "good")  # plain values and tensors load as before
+        assert state["lr"] == 0.5 and torch.equal(state["w"], torch.arange(3.0))
+        with pytest.raises(
+            CheckpointError, match=r"bad: not a tcllava checkpoint state \(value lr: it holds posix"
+        ):
+            load_dcp({"w": torch.zeros(3), "lr": 0.0}, tmp_path / "bad")
+    assert not marker.exists()
+
+
+def test_deepspeed_shards_are_read_weights_only(tmp_path):
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    from tcllava.train.safe_load import deepspeed_weights_only
+
+    class Engine:  # what deepspeed_weights_only uses of a DeepSpeed engine
+        checkpoint_engine = TorchCheckpointEngine()
+
+        def load_universal_checkpoint(self) -> bool:
+            return False
+
+    marker = tmp_path / "PWNED"
+    torch.save({"loss_scaler": LossScaler(1.0), "zero_stage": ZeroStageEnum.gradients}, tmp_path / "good.pt")
+    torch.save({"x": _Planted(marker)}, tmp_path / "bad.pt")
+    engine = Engine()
+    with deepspeed_weights_only(engine):
+        good = engine.checkpoint_engine.load(str(tmp_path / "good.pt"))
+        assert good["zero_stage"] == ZeroStageEnum.gradients and good["loss_scaler"].cur_scale == 1.0
+        with pytest.raises(CheckpointError, match=r"bad.pt: not a tcllava checkpoint state \(it holds posix"):
+            engine.checkpoint_engine.load(str(tmp_path / "bad.pt"))
+    assert not marker.exists()
+    assert "load" not in vars(engine.checkpoint_engine)  # DeepSpeed's own method is back
+
+
+def test_a_tampered_json_state_is_refused_naming_the_file(assets, saved_run, tmp_path):
+    from tcllava.train.distributed import Runtime
+
+    out, step = _copy(saved_run, tmp_path)
+    config = make_config(assets, out, max_steps=2, save_every=2)
+    file, good = step / "trainer_state.json", (step / "trainer_state.json").read_text()
+    _record(step, step="2")  # on resume: one clear error naming the file and the field
+    with pytest.raises(
+        CheckpointError, match=re.escape(f"{file}: not a tcllava checkpoint state ('step' must")
+    ):
+        train(config)
+    for change, message in [
+        ({"losses": {"a": 1}}, "'losses' must be a list of numbers or nulls"),
+        ({"scheduler": {"last_epoch": 2}}, "'scheduler' must be an object with integers"),
+        ({"digests": {".metadata": "x"}}, "'digests' must be sha256 digests"),
+        ({"format": 1}, "format 1; this tcllava reads format 2"),
+    ]:
+        file.write_text(good)
+        _record(step, **change)
+        with pytest.raises(
+            CheckpointError, match=re.escape(f"{file}: not a tcllava checkpoint state ({message}")
+        ):
+            checkpoint.read_state(step)
+    file.write_text(good[:-20])
+    with pytest.raises(CheckpointError, match=re.escape(f"{file}: not a tcllava checkpoint state (not JSON")):
+        checkpoint.read_state(step)
+    file.write_text(good)
+    rng_file = step / "rng" / "rank_0.json"
+    rng = json.loads(rng_file.read_text())
+    for bad in ({"torch": rng["torch"][:-2]}, {"python": [3, "x", None]}, {"numpy": None}):
+        rng_file.write_text(json.dumps({**rng, **bad}))
+        with pytest.raises(
+            CheckpointError, match=re.escape(f"{rng_file}: not a tcllava checkpoint state (bad ")
+        ):
+            checkpoint.load_rng(Runtime(), step)
+    rng_file.write_text(json.dumps(rng))
+    assert train(config)["steps"] == 2  # the untouched checkpoint loads
+
+
+class _Shards:
+    """A stand-in engine for checkpoint.save: writes one file that counts as a pickle."""
+
+    def save(self, directory: Path) -> None:
+        (directory / "shard.bin").write_bytes(b"weights")
+
+    @staticmethod
+    def pickled_files(directory: Path) -> list[Path]:
+        return [directory / "shard.bin"]
+
+
+def test_killed_rotations_and_saves_leave_nothing_behind(tmp_path, monkeypatch):
+    from tcllava.train.distributed import Runtime
+
+    rt, root = Runtime(), tmp_path / "checkpoints"
+
+    def save(step: int) -> Path:
+        state = {"step": step, "scheduler": {}}
+        return checkpoint.save(rt, tmp_path, step, _Shards(), state, {"config.yaml": "x"}, keep_last=2)
+
+    for step in (1, 2):
+        save(step)
+    # a rotation killed mid-deletion: only a .del- folder is left, never a half-deleted step_N
+    real = shutil.rmtree
+
+    def killed(path, ignore_errors=False):
+        if Path(path).name.endswith("step_00000001") and Path(path).exists():
+            for state in Path(path).glob("trainer_state.*"):
+                state.unlink()  # the checkpoint now looks incomplete
+            raise KeyboardInterrupt
+        real(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save(3)
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", real)
+    assert sorted(p.name for p in root.iterdir()) == [".del-step_00000001", "step_00000002", "step_00000003"]
+    # leftovers of killed saves and of an older tcllava's deletion
+    (root / ".tmp-step_00000004" / "rng").mkdir(parents=True)
+    (root / "step_00000000").mkdir()  # half-deleted: no state file left
+    (root / "step_00000000" / "shard.bin").write_bytes(b"")
+    shutil.copytree(root / "step_00000003", root / ".old-step_00000003")  # step_00000003 exists: stale
+    shutil.copytree(root / "step_00000002", root / ".old-step_00000005")  # the only copy of a step: kept
+    save(6)
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000005", "step_00000006"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000005", "step_00000006"]
+    state = json.loads((root / "step_00000006" / "trainer_state.json").read_text())
+    assert state["digests"] == {"shard.bin": hashlib.sha256(b"weights").hexdigest()}
+    # the same sweep runs when a run starts
+    (root / ".del-step_00000001").mkdir()
+    checkpoint.sweep(tmp_path)
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000005", "step_00000006"]

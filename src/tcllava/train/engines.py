@@ -93,14 +93,15 @@ class TorchEngine:
             dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=directory)
 
     def load(self, directory: Path) -> None:
-        import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        from tcllava.train.safe_load import load_dcp
 
         model_state, optim_state = get_state_dict(self.module, self.optimizer, options=_options())
         state = {"model": model_state, "optim": optim_state}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            dcp.load(state, checkpoint_id=directory)
+            load_dcp(state, directory)  # never unpickles anything but DCP metadata and plain values
         set_state_dict(
             self.module,
             self.optimizer,
@@ -108,6 +109,11 @@ class TorchEngine:
             optim_state_dict=state["optim"],
             options=_options(strict=False),
         )
+
+    @staticmethod
+    def pickled_files(directory: Path) -> list[Path]:
+        """Files :meth:`load` unpickles (allowlisted): their digests are recorded in the trainer state."""
+        return [directory / ".metadata"]
 
     def trained_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Collective. Full trainable weights on rank 0 (None elsewhere), or None when the local
@@ -195,13 +201,21 @@ class DeepSpeedEngine:
         self.module.save_checkpoint(str(directory), tag=self.TAG, exclude_frozen_parameters=True)
 
     def load(self, directory: Path) -> None:
-        self.module.load_checkpoint(
-            str(directory),
-            tag=self.TAG,
-            load_module_strict=False,
-            load_optimizer_states=True,
-            load_lr_scheduler_states=False,
-        )
+        from tcllava.train.safe_load import deepspeed_weights_only
+
+        with deepspeed_weights_only(self.module):
+            self.module.load_checkpoint(
+                str(directory),
+                tag=self.TAG,
+                load_module_strict=False,
+                load_optimizer_states=True,
+                load_lr_scheduler_states=False,
+            )
+
+    @classmethod
+    def pickled_files(cls, directory: Path) -> list[Path]:
+        """DeepSpeed's shards (read with weights_only=True): their digests are recorded in the trainer state."""
+        return sorted(p for p in (directory / cls.TAG).rglob("*") if p.is_file())
 
     def trained_state_dict(self) -> dict[str, torch.Tensor] | None:
         if self.stage < 3:

@@ -30,19 +30,20 @@ from tcllava.data.dataset import (
     ConversationDataset,
     GlobalBatchSampler,
     TrainCollator,
+    TrainingData,
     load_training_data,
 )
+from tcllava.model.api import DTYPES
 from tcllava.model.processing import IGNORE_INDEX, TCLlavaProcessor
 from tcllava.train import checkpoint, distributed
 from tcllava.train.config import TrainConfig
-from tcllava.train.engines import make_engine
+from tcllava.train.engines import DeepSpeedEngine, TorchEngine, make_engine
 from tcllava.train.monitor import Monitor
 from tcllava.train.provenance import header, run_info
 from tcllava.train.trainable import build_model, build_scheduler, export_model
 
 REPORT_FILE = "report.json"
 FINAL_DIR = "final"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -76,7 +77,7 @@ def train(config: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None 
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         if device.type != "cuda":
-            return "fp32"  # bf16 is emulated and slow on CPUs without AVX-512 (method.md 6)
+            return "fp32"  # bf16 is emulated and slow on CPUs without AVX-512 (docs/method.md 6)
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("precision fp16 needs a GPU; use fp32 on CPU")
@@ -98,20 +99,73 @@ def _worker_init(_: int) -> None:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, rt: distributed.Runtime, on_step=None) -> None:
+    """One run, in phases: ``setup_run_dir`` (which checkpoint to resume), ``setup_model``, ``setup_data``,
+    ``setup_optimizer``, ``restore`` (the checkpoint, if any), ``train`` (the loop) and ``finish`` (final
+    model and report). Every rank runs the same phases, so their collectives come in the same order."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        rt: distributed.Runtime,
+        on_step: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.config = config
         self.rt = rt
         self.on_step = on_step
         self.run_dir = Path(config.output_dir)
         self.stop_requested = False  # set by our signal handler
         self.stopped = False  # the loop ended early because some rank was signalled
+        self.started: float | None = None  # perf_counter at the start of run()
+        self.resume_from: Path | None = None  # setup_run_dir
+        # setup_model
+        self.precision: str | None = None
+        self.engine: TorchEngine | DeepSpeedEngine | None = None
+        self.model: torch.nn.Module | None = None  # unwrapped; setup_optimizer hands it to the engine
+        self.processor: TCLlavaProcessor | None = None
+        # setup_data
+        self.data: TrainingData | None = None
+        self.sampler: GlobalBatchSampler | None = None
+        self.dataset: ConversationDataset | None = None
+        self.loader: torch.utils.data.DataLoader | None = None
+        self.steps_per_epoch: int | None = None
+        self.total: int | None = None
+        # setup_optimizer
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        # restore
+        self.files: dict[str, str] | None = None  # config.yaml and run_info.json, copied into checkpoints
+        self.state: dict[str, Any] | None = None  # what a checkpoint's trainer_state.json holds
+        self.monitor: Monitor | None = None
+        # train: this session's skipped samples on this rank (earlier sessions' are in the state)
+        self.local_skipped: Counter[str] = Counter()
+        self.local_listed: dict[str, dict[str, Any]] = {}
         self.fallback_batch: dict[str, Any] | None = None
 
+    def run(self) -> dict[str, Any]:
+        self.started = time.perf_counter()
+        self.setup_run_dir()
+        self.setup_model()
+        self.setup_data()
+        self.setup_optimizer()
+        self.restore()
+        self.train()
+        return self.finish()
+
     # ------------------------------------------------------------------ set-up
+    def setup_run_dir(self) -> None:
+        """Create the run directory, clear what killed saves left, and pick the checkpoint to resume,
+        before anything slow: a wrong ``resume`` fails at once."""
+        if self.rt.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint.sweep(self.run_dir)
+        self.rt.barrier()
+        self.resume_from = self.resume_path()
+
     def resume_path(self) -> Path | None:
         latest = checkpoint.latest_checkpoint(self.run_dir)
         resume = self.config.resume
         if resume == "auto":
+            if latest is not None:
+                checkpoint.check_format(latest)
             return latest
         if resume == "never":
             if latest is not None:
@@ -121,39 +175,38 @@ class Trainer:
                 )
             return None
         path = Path(resume)
+        checkpoint.check_format(path)
         if not (path / checkpoint.STATE_FILE).is_file():
             raise FileNotFoundError(f"resume={resume}: not a complete checkpoint directory")
         return path
 
-    def run(self) -> dict[str, Any]:
+    def setup_model(self) -> None:
+        """The engine first (DeepSpeed joins its process group there and, under ZeRO-3, makes
+        transformers load the model partitioned), then the model with the same seed on every rank:
+        identical LoRA init everywhere."""
         cfg, rt = self.config, self.rt
-        started = time.perf_counter()
-        if rt.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        rt.barrier()
-        resume_from = self.resume_path()
         self.precision = resolve_precision(cfg.precision, rt.device)
+        self.engine = make_engine(cfg, rt, self.precision)
+        seed_all(cfg.seed)
+        self.model = build_model(cfg)
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        self.processor = TCLlavaProcessor.from_pretrained(cfg.model, config=base.config)
+        self.processor.num_frames = cfg.num_frames
 
-        engine = make_engine(cfg, rt, self.precision)  # DeepSpeed joins its process group here
-        seed_all(cfg.seed)  # same on every rank: identical LoRA init everywhere
-        model = build_model(cfg)
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        processor = TCLlavaProcessor.from_pretrained(cfg.model, config=base.config)
-        processor.num_frames = cfg.num_frames
-        self.processor = processor
-
-        data = load_training_data(
+    def setup_data(self) -> None:
+        cfg, rt = self.config, self.rt
+        media_config = self.processor.config
+        self.data = load_training_data(
             cfg.data,
-            base.config.media_tokens(cfg.num_frames),
-            base.config.media_tokens(1),
+            media_config.media_tokens(cfg.num_frames),
+            media_config.media_tokens(1),
             hash_files=rt.is_main,
         )
-        if len(data) == 0:
-            raise ValueError(f"no usable sample in the data ({len(data.invalid)} invalid records)")
-        self.data = data
-        sampler = GlobalBatchSampler(
-            data.lengths,
-            data.spans,
+        if len(self.data) == 0:
+            raise ValueError(f"no usable sample in the data ({len(self.data.invalid)} invalid records)")
+        self.sampler = GlobalBatchSampler(
+            self.data.lengths,
+            self.data.spans,
             cfg.batch_size,
             cfg.grad_accum,
             rt.world_size,
@@ -161,92 +214,91 @@ class Trainer:
             cfg.seed,
             cfg.group_by_length,
         )
-        steps_per_epoch = sampler.steps_per_epoch
-        total = cfg.max_steps if cfg.max_steps is not None else math.ceil(cfg.epochs * steps_per_epoch)
-        self.total = total
-        dataset = ConversationDataset(
-            data, processor, cfg.num_frames, cfg.frame_sampling, cfg.max_length, cfg.sample_timeout, cfg.seed
+        self.steps_per_epoch = self.sampler.steps_per_epoch
+        if cfg.max_steps is not None:
+            self.total = cfg.max_steps
+        else:
+            self.total = math.ceil(cfg.epochs * self.steps_per_epoch)
+        self.dataset = ConversationDataset(
+            self.data,
+            self.processor,
+            cfg.num_frames,
+            cfg.frame_sampling,
+            cfg.max_length,
+            cfg.sample_timeout,
+            cfg.seed,
         )
-        self.dataset = dataset
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_sampler=sampler,
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
             num_workers=cfg.num_workers,
-            collate_fn=TrainCollator(processor),
+            collate_fn=TrainCollator(self.processor),
             pin_memory=rt.device.type == "cuda",
             worker_init_fn=_worker_init,
             prefetch_factor=4 if cfg.num_workers else None,
             generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched
         )
 
-        engine.prepare(model)
-        scheduler = build_scheduler(engine.optimizer, total, cfg)
-        self.engine, self.scheduler = engine, scheduler
+    def setup_optimizer(self) -> None:
+        """Wrap the model (DDP/FSDP/ZeRO) and build its optimizer, then the schedule over the run."""
+        self.engine.prepare(self.model)
+        self.scheduler = build_scheduler(self.engine.optimizer, self.total, self.config)
 
-        manifest_hash = rt.broadcast(data.manifest_hash() if rt.is_main else None)
-        info = run_info(
+    def restore(self) -> None:
+        """The run's provenance, then the checkpoint's state (parameters, optimizer, schedule, data
+        position, counters; generators last, right before training), or a fresh state."""
+        cfg, rt = self.config, self.rt
+        info = self.describe()  # collective
+        self.files = {"config.yaml": cfg.to_yaml(header(info)), "run_info.json": json.dumps(info, indent=1)}
+        state = self.fresh_state()
+        if self.resume_from is not None:
+            state = checkpoint.load(self.resume_from, self.engine)
+            checkpoint.restore_scheduler(self.scheduler, state.pop("scheduler"))
+            self.sampler.check_compatible(state["sampler"])
+            if state["total_steps"] != self.total:
+                raise ValueError(
+                    f"cannot resume exactly: the run had {state['total_steps']} steps, this config gives "
+                    f"{self.total} (the learning-rate schedule depends on it)"
+                )
+        self.state = state
+        if rt.is_main:
+            self.write_run_files(info)
+        self.monitor = Monitor(
+            self.run_dir, self.total, state["step"], rt.is_main, cfg.progress, cfg.tensorboard
+        )
+        self.monitor.truncate(state["step"])
+        if self.resume_from is not None:
+            self.monitor.write(f"resumed from {self.resume_from} at step {state['step']}")
+            if not checkpoint.load_rng(rt, self.resume_from):
+                self.monitor.write(
+                    "world size changed: random generators re-seeded (data order is unchanged)"
+                )
+                seed_all(cfg.seed + state["step"] + rt.rank)
+
+    def describe(self) -> dict[str, Any]:
+        """Versions, data hash (rank 0's, broadcast: a collective) and the run's shape."""
+        rt = self.rt
+        manifest_hash = rt.broadcast(self.data.manifest_hash() if rt.is_main else None)
+        return run_info(
             manifest_hash,
             {
                 "world_size": rt.world_size,
                 "distributed": rt.mode,
                 "device": str(rt.device),
                 "precision": self.precision,
-                "grad_accum": cfg.grad_accum,
-                "global_batch_size": sampler.global_batch,
-                "steps_per_epoch": steps_per_epoch,
-                "total_steps": total,
+                "grad_accum": self.config.grad_accum,
+                "global_batch_size": self.sampler.global_batch,
+                "steps_per_epoch": self.steps_per_epoch,
+                "total_steps": self.total,
             },
         )
-        self.files = {"config.yaml": cfg.to_yaml(header(info)), "run_info.json": json.dumps(info, indent=1)}
-        state = self.fresh_state(sampler)
-        if resume_from is not None:
-            state = checkpoint.load(resume_from, engine)
-            scheduler.load_state_dict(state["scheduler"])
-            sampler.check_compatible(state["sampler"])
-            if state["total_steps"] != total:
-                raise ValueError(
-                    f"cannot resume exactly: the run had {state['total_steps']} steps, this config gives {total} "
-                    "(the learning-rate schedule depends on it)"
-                )
-        if rt.is_main:
-            self.write_run_files(info, data, resume_from, state)
-        monitor = Monitor(self.run_dir, total, state["step"], rt.is_main, cfg.progress, cfg.tensorboard)
-        monitor.truncate(state["step"])
-        if resume_from is not None:
-            monitor.write(f"resumed from {resume_from} at step {state['step']}")
-            if not checkpoint.load_rng(rt, resume_from):
-                monitor.write("world size changed: random generators re-seeded (data order is unchanged)")
-                seed_all(cfg.seed + state["step"] + rt.rank)
-        self.monitor = monitor
-        self.state = state
-        self.local_skipped: Counter[str] = Counter()
-        self.local_listed: dict[str, dict[str, Any]] = {}
-        previous = self.install_signal_handlers()
-        try:
-            self.loop(loader, sampler, total, steps_per_epoch)
-        except NonFiniteLoss as e:
-            summary = self.summary(total, started, error=str(e))  # collective: every rank raises here
-            if rt.is_main:
-                self.write_report(summary)
-            raise
-        finally:
-            self.restore_signal_handlers(previous)
-            monitor.close()
 
-        final_model = None
-        if state["step"] >= total:
-            final_model = self.export(self.run_dir / FINAL_DIR)
-        summary = self.summary(total, started, final_model=final_model)
-        if rt.is_main:
-            self.write_report(summary)
-        return summary
-
-    def fresh_state(self, sampler: GlobalBatchSampler) -> dict[str, Any]:
+    def fresh_state(self) -> dict[str, Any]:
         return {
             "step": 0,
             "epoch": 0,
             "step_in_epoch": 0,
-            "sampler": sampler.state_dict(),
+            "sampler": self.sampler.state_dict(),
             "losses": [],
             "skipped_counts": {},
             "skipped_listed": [],
@@ -258,14 +310,15 @@ class Trainer:
             "checkpoint": None,
         }
 
-    def write_run_files(self, info, data, resume_from, state) -> None:
-        (self.run_dir / "data_manifest.json").write_text(json.dumps(data.manifest(), indent=1))
+    def write_run_files(self, info: dict[str, Any]) -> None:
+        state = self.state
+        (self.run_dir / "data_manifest.json").write_text(json.dumps(self.data.manifest(), indent=1))
         info_path = self.run_dir / "run_info.json"
-        if resume_from is not None and info_path.is_file():
+        if self.resume_from is not None and info_path.is_file():
             first = json.loads(info_path.read_text())
             first.setdefault("resumes", []).append(
                 {
-                    "checkpoint": str(resume_from),
+                    "checkpoint": str(self.resume_from),
                     "step": state["step"],
                     "at": info["started"],
                     "world_size": info["world_size"],
@@ -304,14 +357,30 @@ class Trainer:
             signal.signal(sig, old)
 
     # ------------------------------------------------------------------ the loop
-    def loop(self, loader, sampler: GlobalBatchSampler, total: int, steps_per_epoch: int) -> None:
+    def train(self) -> None:
+        """The loop, under our SIGTERM/SIGINT handler. A non-finite loss is reported (report.json, on
+        every rank: the summary is collective) before it propagates."""
+        previous = self.install_signal_handlers()
+        try:
+            self.loop()
+        except NonFiniteLoss as e:
+            summary = self.summary(error=str(e))  # collective: every rank raises here
+            if self.rt.is_main:
+                self.write_report(summary)
+            raise
+        finally:
+            self.restore_signal_handlers(previous)
+            self.monitor.close()
+
+    def loop(self) -> None:
         cfg, rt, state = self.config, self.rt, self.state
+        sampler, total, steps_per_epoch = self.sampler, self.total, self.steps_per_epoch
         iterator = None
         window = {"tokens": 0.0, "samples": 0.0, "time": time.perf_counter()}
         while state["step"] < total:
             if iterator is None:
                 sampler.set_position(state["epoch"], state["step_in_epoch"])
-                iterator = iter(loader)
+                iterator = iter(self.loader)
             micro = [next(iterator) for _ in range(cfg.grad_accum)]
             step_start = time.perf_counter()
             lr = self.scheduler.get_last_lr()[0]  # the rate this step uses
@@ -347,7 +416,7 @@ class Trainer:
                 window = {"tokens": 0.0, "samples": 0.0, "time": time.perf_counter()}
             stop = stats["stop"] > 0
             if step % cfg.save_every == 0 or step == total or stop:
-                self.save(sampler)
+                self.save()
             if self.on_step is not None and rt.is_main:
                 self.on_step(record)
             if stop:
@@ -469,8 +538,8 @@ class Trainer:
         return dict(counts), list(listed.values())
 
     # ------------------------------------------------------------------ saving
-    def save(self, sampler: GlobalBatchSampler) -> None:
-        state = self.state
+    def save(self) -> None:
+        state, sampler = self.state, self.sampler
         counts, listed = self.skipped_totals()
         sampler.set_position(state["epoch"], state["step_in_epoch"])
         to_save = {
@@ -478,7 +547,7 @@ class Trainer:
             "skipped_counts": counts,
             "skipped_listed": listed,
             "sampler": sampler.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "scheduler": checkpoint.scheduler_state(self.scheduler),
             "total_steps": self.total,
         }
         path = checkpoint.save(
@@ -514,9 +583,19 @@ class Trainer:
     def last_loss(self) -> float | None:
         return next((x for x in reversed(self.state["losses"]) if x is not None), None)
 
-    def summary(
-        self, total: int, started: float, final_model: str | None = None, error: str | None = None
-    ) -> dict[str, Any]:
+    def finish(self) -> dict[str, Any]:
+        """The final model once the run is complete (collective), then the summary, also in report.json."""
+        final_model = None
+        if self.state["step"] >= self.total:
+            final_model = self.export(self.run_dir / FINAL_DIR)
+        summary = self.summary(final_model=final_model)
+        if self.rt.is_main:
+            self.write_report(summary)
+        return summary
+
+    def summary(self, final_model: str | None = None, error: str | None = None) -> dict[str, Any]:
+        """Collective (skipped samples are gathered from every rank)."""
+        total = self.total
         counts, listed = self.skipped_totals()
         at_load = Counter(x.reason for x in self.data.invalid)
         state = self.state
@@ -545,7 +624,7 @@ class Trainer:
             "distributed": self.rt.mode,
             "precision": self.precision,
             "train_seconds": round(state["train_seconds"], 3),
-            "wall_seconds": round(time.perf_counter() - started, 3),
+            "wall_seconds": round(time.perf_counter() - self.started, 3),
         }
 
     def write_report(self, summary: dict[str, Any]) -> None:
