@@ -242,3 +242,51 @@ def test_grid_sized_llava_keeps_its_settings_through_conversion(llava, tmp_path)
     dest = convert_llava_hf(llava, tmp_path / "tc", gamma=2.0, mask="frame_block", pool_shape=(0, GRID, GRID))
     saved = json.loads((dest / "config.json").read_text())["tc_attention"]
     assert saved == {"gamma": 2.0, "mask": "frame_block", "text_after_video": "paper", "kernel": "auto"}
+
+
+def test_a_malformed_jsonl_record_is_named_with_its_line(tmp_path):
+    from tcllava.data.conversations import read_records
+
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"video": "a.mp4"}\n\n{"video": "b.mp4"}\n{"video": oops}\n')
+    with pytest.raises(ValueError, match=r"data\.jsonl:4: not a JSON record"):
+        read_records(path)
+    broken = tmp_path / "data.json"
+    broken.write_text('[\n {"video": "a.mp4"},\n {"video": }\n]')
+    with pytest.raises(ValueError, match=r"data\.json:3:\d+: not valid JSON"):
+        read_records(broken)
+
+
+def test_data_synthetic_refusals_are_one_line_not_a_traceback(tmp_path, capsys):
+    out = str(tmp_path / "synthetic")
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["data", "synthetic", "--out", out, "--train", "-1"])
+    assert exit_.value.code == 2 and "--train" in capsys.readouterr().err
+    assert cli_main(["data", "synthetic", "--out", out, "--frames", "40"]) == 2
+    assert capsys.readouterr().err.strip() == "tcllava data: num_frames must be in 4..16"
+    assert cli_main(["data", "synthetic", "--out", out, "--tasks", "juggling"]) == 2
+    assert "unknown tasks ['juggling']" in capsys.readouterr().err
+
+
+def test_training_on_a_set_whose_every_sample_is_missing_says_so(tmp_path, capsys):
+    from train_fixtures import build_checkpoint
+
+    model = build_checkpoint(tmp_path / "ck")
+    records = [
+        {
+            "id": f"s{i}",
+            "video": f"videos/{i}.mp4",
+            "conversations": [
+                {"from": "human", "value": "<video>\nwhat colour comes first ?"},
+                {"from": "gpt", "value": "red"},
+            ],
+        }
+        for i in range(3)
+    ]
+    (tmp_path / "data.json").write_text(json.dumps(records))
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "cpu_demo.yaml"
+    argv = ["train", str(recipe), f"model={model}", f"output_dir={tmp_path / 'run'}"]
+    argv += [f"data=[{{path: {tmp_path / 'data.json'}}}]", "max_steps=1", "batch_size=2", "progress=false"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no sample of the data can be used" in err and "3 missing_media" in err

@@ -183,12 +183,26 @@ def parse_record(record: Any, media_root: str | Path, default_id: str) -> Conver
 
 
 def read_records(path: str | Path) -> list[Any]:
-    """A JSON list or JSON Lines file of records."""
+    """A JSON list or JSON Lines file of records; a malformed file is named with its line (1-based)."""
     path = Path(path)
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    records = json.loads(text)
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not a JSON record ({e.msg} at column {e.colno})") from None
+        return records
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON list of records")
     return records

@@ -436,13 +436,19 @@ class Trainer:
         """Any encodable sample, used with weight 0 when a rank's whole step was skipped: every rank
         must run forward and backward so that the collective gradient reduction matches."""
         if self.fallback_batch is None:
+            reasons: Counter[str] = Counter()
             for i in range(len(self.dataset)):
                 item = self.dataset[(i, 0)]
                 if not hasattr(item, "reason"):
                     self.fallback_batch = TrainCollator(self.processor)([item])
                     break
+                reasons[item.reason] += 1
             else:
-                raise RuntimeError("no sample of the data can be decoded")
+                sources = ", ".join(d.path for d in self.config.data)
+                raise ValueError(
+                    f"no sample of the data can be used ({sources}): all {len(self.dataset)} failed "
+                    f"({', '.join(f'{n} {r}' for r, n in reasons.most_common())}); check media_root and the files"
+                )
         return self.fallback_batch
 
     def train_step(self, micro: list[dict[str, Any]]) -> tuple[float | None, float | None, dict[str, float]]:
