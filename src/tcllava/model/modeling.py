@@ -120,15 +120,15 @@ class TCLlavaForConditionalGeneration(TCLlavaPreTrainedModel, GenerationMixin):
     ) -> TCLlavaForConditionalGeneration:
         """A llava-hf checkpoint's weights in a tcllava model, every key and shape checked."""
         config = tcllava_config_from_llava(read_config(path), **overrides)
-        model = cls(config)
+        # Built in the target dtype, as transformers' own loading does: a model.to(bf16) afterwards would
+        # also round the fp32 RoPE inv_freq buffers, which moves every rotary angle at long positions.
+        model = cls._from_config(config, dtype=dtype)
         target = model.state_dict(keep_vars=True)
         model.load_state_dict(
             convert_state_dict(load_state_dict(Path(path)), target, str(path)), strict=False
         )
         if config.tie_word_embeddings:
             model.language_model.tie_weights()
-        if dtype is not None:
-            model.to(dtype)
         return model.eval()
 
     # -- embeddings plumbing expected by transformers (resize_token_embeddings, peft, generation) --
@@ -153,7 +153,9 @@ class TCLlavaForConditionalGeneration(TCLlavaPreTrainedModel, GenerationMixin):
         out_t = self.config.pooled_frames(frames)
         out_h, out_w = self.config.pool_shape[1:]
         if (out_t, out_h, out_w) != (frames, grid, grid):
-            x = F.adaptive_avg_pool3d(x, (out_t, out_h, out_w))
+            # Averaged in fp32 and rounded once, as transformers' LLaVA-NeXT-Video pools: bf16 pooling on the
+            # CPU accumulates in bf16, one ulp off the exact mean.
+            x = F.adaptive_avg_pool3d(x.float(), (out_t, out_h, out_w)).to(x.dtype)
         return x.permute(0, 2, 3, 4, 1).reshape(n, -1, x.shape[1])
 
     def encode_media(self, pixel_values: PixelValues) -> list[torch.Tensor]:
