@@ -287,3 +287,28 @@ def test_image_llava_is_built_once_per_settings_and_benchmark_words(tmp_path, mo
     assert len(keys) == 4
     with pytest.raises(ValueError, match="steps, batch_size and test_images must be positive"):
         base.ImageLlavaConfig(steps=0)
+
+
+def test_a_rerun_with_other_settings_keeps_both_configurations(tmp_path, monkeypatch):
+    """A full demo then `tcllava demo --quick` into the same folder once died resuming the first
+    configuration's checkpoints; now each configuration has its own runs, and a rerun of finished
+    settings trains nothing."""
+    out = tmp_path / "demo"
+    base = ["demo", "--quick", "--out", str(out), "--seeds", "0", "--no-progress"]
+    assert cli_main([*base, "--steps", "3"]) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert cli_main([*base, "--steps", "2"]) == 0
+    second = json.loads((out / "results.json").read_text())
+    assert second["demo"]["steps"] == 2
+    for variant in ("vanilla", "tc-llava"):
+        before, after = Path(first["models"][variant]["0"]), Path(second["models"][variant]["0"])
+        assert before != after and (before / "config.json").is_file() and (after / "config.json").is_file()
+        assert yaml.safe_load((after.parent / "config.yaml").read_text())["max_steps"] == 2
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished configuration was trained again")
+
+    monkeypatch.setattr(experiment, "train_variant", no_training)
+    assert cli_main([*base, "--steps", "3"]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["per_run"] == first["per_run"] and again["models"] == first["models"]

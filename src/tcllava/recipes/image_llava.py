@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from tcllava.data.synthetic import TASKS, generate_images, make_samples
+from tcllava.data.synthetic.stills import KINDS
 from tcllava.recipes.tiny_model import TinySizes, corpus, demo_config, save_checkpoint
 
 BASE_FORMAT = 1  # bump when a build's recipe or report changes in a way its settings do not show
@@ -48,6 +49,10 @@ class ImageLlavaConfig(TinySizes):
     steps: int = 3000
     batch_size: int = 32
     lr: float = 1.0e-3
+    # What the stills ask about (tcllava.data.synthetic.stills.KINDS; None: everything) and whether each
+    # also drills pointing at an option letter.
+    kinds: list[str] | None = None
+    drill: bool = True
     seed: int = 0
     num_workers: int = 1
     progress: bool = True
@@ -55,6 +60,8 @@ class ImageLlavaConfig(TinySizes):
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.test_images < 1:
             raise ValueError("steps, batch_size and test_images must be positive")
+        if self.kinds is not None and (not self.kinds or set(self.kinds) - set(KINDS)):
+            raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {self.kinds}")
         if self.images <= 0:
             self.images = min(self.steps * self.batch_size, 16000)
 
@@ -166,10 +173,11 @@ def build_image_llava(cfg: ImageLlavaConfig) -> Path:
     start = time.perf_counter()
     out = Path(cfg.out)
     data, test = out / "images", out / "test_images"
+    kinds = None if cfg.kinds is None else tuple(cfg.kinds)
     if not (data / "images.json").is_file():
-        generate_images(data, cfg.images, seed=cfg.seed, size=cfg.size)
+        generate_images(data, cfg.images, seed=cfg.seed, size=cfg.size, kinds=kinds, drill=cfg.drill)
     if not (test / "images.json").is_file():
-        generate_images(test, cfg.test_images, seed=cfg.seed + 1, size=cfg.size)
+        generate_images(test, cfg.test_images, seed=cfg.seed + 1, size=cfg.size, kinds=kinds, drill=cfg.drill)
     init = out / "init"
     if not (init / "config.json").is_file():
         tokenizer = build_word_tokenizer([*corpus([data / "images.json"]), *benchmark_texts(cfg.seed)])
