@@ -55,7 +55,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         'pip install "tcllava[lmms]" && pip install --no-deps lmms-eval==0.7.3'
     ) from e
 
-from tcllava.eval.model_predictor import continuation_logprobs
+from tcllava.eval.model_predictor import option_ids, option_logprobs, row_chunks
 from tcllava.model import load
 from tcllava.model.processing import Encoded
 from tcllava.model.templates import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Message
@@ -185,13 +185,10 @@ class TCLlava(lmms):
         messages = [Message("system", self.system_prompt)] if self.system_prompt else []
         return self.processor.render([*messages, Message("user", context)], add_generation_prompt=True)
 
-    def _encode(self, context: str, visuals: Any, continuation: str | None = None) -> Encoded:
-        """Tokens of the prompt (and of ``continuation``, the only tokens with labels)."""
+    def _encode(self, context: str, visuals: Any) -> Encoded:
+        """Tokens and pixel values of the rendered prompt."""
         clips = self._clips(visuals)
-        pieces = self._pieces(context, clips)
-        if continuation is not None:
-            pieces.append((continuation, True))
-        return self.processor.encode(pieces, [frames for _, frames in clips])
+        return self.processor.encode(self._pieces(context, clips), [frames for _, frames in clips])
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Token tensors to the model's device; pixel values are moved and cast by the model itself."""
@@ -279,22 +276,31 @@ class TCLlava(lmms):
         continuation = target if isinstance(target, str) else target(doc)
         return context, str(continuation), doc_to_visual(doc) if doc_to_visual else None
 
-    def _score(self, encoded: list[Encoded]) -> list[tuple[float, int, bool]]:
-        return continuation_logprobs(self.model, self.processor, encoded)
-
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
-        """(score, is_greedy) per request, in order; the score is set by ``loglikelihood_score``."""
-        results: list[tuple[float, bool]] = []
+        """(score, is_greedy) per request, in order; the score is set by ``loglikelihood_score``.
+
+        Requests with the same context and visuals (the options of one multiple-choice question) share
+        one prompt: its video is read and its prompt run once, and every continuation is scored from its
+        KV cache; ``batch_size`` continuations per forward."""
+        groups: dict[tuple, list[int]] = {}
+        for i, request in enumerate(requests):  # (context, doc_to_visual, doc_id, task, split) or (context,)
+            groups.setdefault((request.args[0], *request.args[2:]), []).append(i)
+        indices = list(groups.values())
+        results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
         progress = tqdm(
             total=len(requests), desc="tcllava loglikelihood", disable=None if self.rank == 0 else True
         )
-        for start in range(0, len(requests), self.batch_size):
-            scored = [self._scored(r.args) for r in requests[start : start + self.batch_size]]
-            sums = self._score([self._encode(ctx, visuals, cont) for ctx, cont, visuals in scored])
-            chunk = [(self._as_score(total, count), greedy) for total, count, greedy in sums]
-            for (ctx, cont, _), result in zip(scored, chunk, strict=True):
-                self.cache_hook.add_partial("loglikelihood", (ctx, cont), result)
-            results += chunk
-            progress.update(len(chunk))
+        for chunk in row_chunks([len(group) for group in indices], self.batch_size):
+            scored = [[self._scored(requests[i].args) for i in indices[g]] for g in chunk]
+            prompts = [self._encode(group[0][0], group[0][2]) for group in scored]
+            options = [[option_ids(self.processor, cont) for _, cont, _ in group] for group in scored]
+            sums = option_logprobs(self.model, self.processor, prompts, options, self.batch_size)
+            for g, group, group_sums in zip(chunk, scored, sums, strict=True):
+                for i, (context, cont, _), (total, count, greedy) in zip(
+                    indices[g], group, group_sums, strict=True
+                ):
+                    results[i] = (self._as_score(total, count), greedy)
+                    self.cache_hook.add_partial("loglikelihood", (context, cont), results[i])
+                progress.update(len(group))
         progress.close()
         return results
