@@ -241,7 +241,14 @@ def test_grid_sized_llava_keeps_its_settings_through_conversion(llava, tmp_path)
     """The settings given to convert are the ones saved, and load back under the same names."""
     dest = convert_llava_hf(llava, tmp_path / "tc", gamma=2.0, mask="frame_block", pool_shape=(0, GRID, GRID))
     saved = json.loads((dest / "config.json").read_text())["tc_attention"]
-    assert saved == {"gamma": 2.0, "mask": "frame_block", "text_after_video": "paper", "kernel": "auto"}
+    assert saved == {
+        "gamma": 2.0,
+        "mask": "frame_block",
+        "text_after_video": "paper",
+        "kernel": "auto",
+        "position_scheme": "tc",
+        "videorope_delta": 2.0,
+    }
 
 
 def test_a_malformed_jsonl_record_is_named_with_its_line(tmp_path):

@@ -24,7 +24,13 @@ from transformers import (
 )
 from transformers.activations import ACT2FN
 
-from tcllava.attention import ATTN_IMPLEMENTATION, SETTINGS, cached_length, prepare_tc_inputs
+from tcllava.attention import (
+    ATTN_IMPLEMENTATION,
+    SETTINGS,
+    cached_length,
+    install_multi_axis_rotary,
+    prepare_tc_inputs,
+)
 from tcllava.model import generation
 from tcllava.model.config import OVERRIDABLE, TCLlavaConfig, read_config
 from tcllava.model.llava_hf import convert_state_dict, is_llava_hf, load_state_dict, tcllava_config_from_llava
@@ -73,6 +79,8 @@ class TCLlavaForConditionalGeneration(TCLlavaPreTrainedModel, GenerationMixin):
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
         self.language_model.set_attn_implementation(ATTN_IMPLEMENTATION)
+        # Multi-axis position schemes (docs/method.md 1.6) reach the LLM's own rotary embedding.
+        self.tc_rotary_pairs = install_multi_axis_rotary(self.language_model)
         self.set_vision_trainable(not config.freeze_vision_tower)
 
     def set_vision_trainable(self, trainable: bool) -> None:
@@ -249,6 +257,8 @@ class TCLlavaForConditionalGeneration(TCLlavaPreTrainedModel, GenerationMixin):
             query_length,
             past + query_length,
             inputs_embeds.device,
+            frame_grid=tuple(self.config.pool_shape[1:]),
+            rotary_pairs=self.tc_rotary_pairs,
         )
         return self.language_model(
             inputs_embeds=inputs_embeds,

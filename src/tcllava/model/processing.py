@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tcllava.attention import rope_positions
+from tcllava.attention import frame_step, scheme_positions, text_step
 from tcllava.model.config import TCLlavaConfig
 from tcllava.model.templates import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, ChatTemplate, Message, get_template
 
@@ -165,20 +165,21 @@ class TCLlavaProcessor:
         ids = torch.tensor([list(input_ids)])
         tc = self.config.tc_attention
         frame_ids = frame_ids_from_tokens(ids, self.config.media_token_id, self.config.tokens_per_frame)
-        last = float(rope_positions(frame_ids, tc.gamma, None, tc.text_after_video)[0, -1])
-        last += (1 + tc.gamma) * max_new_tokens
+        # The largest position of any axis: the prompt's own, or the last generated token's.
+        positions = scheme_positions(tc, frame_ids, None, tuple(self.config.pool_shape[1:]))[0]
+        last = float(positions[-1].max()) + text_step(tc) * max_new_tokens
+        last = max(last, float(positions.max()))
         limit = self.config.max_positions - 1
         if last <= limit:
             return
         over = last - limit
         frames = int(frame_ids.max()) + 1
         text = int((frame_ids < 0).sum())
-        per_frame = self.config.tokens_per_frame + tc.gamma
-        fit = frames - math.ceil(over / per_frame)
+        fit = frames - math.ceil(over / frame_step(tc, self.config.tokens_per_frame))
         hint = (
             f"at most {max(fit, 0)} frames fit with this text"
             if frames and fit > 0
-            else f"the text alone is {text} tokens: shorten it by at least {math.ceil(over / (1 + tc.gamma))} tokens"
+            else f"the text alone is {text} tokens: shorten it by at least {math.ceil(over / text_step(tc))} tokens"
         )
         raise PromptTooLong(
             f"the prompt ({len(ids[0])} tokens: {frames} frames of {self.config.tokens_per_frame} visual tokens "
