@@ -7,7 +7,8 @@ Layouts accepted (DIR is `--data`):
 - mvbench: `DIR/json/{task}.json` (or `DIR/{task}.json`), videos under `DIR/video/{prefix}` (or
   `DIR/{prefix}`) with the prefixes of `MVBENCH_TASKS`. A subset of tasks is fine; found and missing
   tasks are reported.
-- synthetic: `DIR/test/{task}.json` in MVBench format, video paths relative to `DIR/test/`.
+- synthetic: `DIR/test/{task}.json` in MVBench format, video paths relative to `DIR/test/`; a row's
+  `depth` (the needle task's) is kept as metadata, and results are grouped by it.
 - videomme: `DIR/*.parquet|*.json|*.jsonl` (also `DIR/videomme/`), videos `DIR/data/{videoID}.mp4`
   (also `DIR/videos/`, `DIR/`), subtitles `DIR/subtitle/{videoID}.srt` (also `DIR/subtitles/`).
 - open-ended QA (msvd-qa, msrvtt-qa, activitynet-qa, tgif-qa): `DIR/*.json|*.jsonl` rows with a
@@ -59,6 +60,7 @@ MVBENCH_TASKS: dict[str, tuple[str, tuple[str, ...], str, bool]] = {
     ),
 }
 MVBENCH_KEYS = ("video", "question", "candidates", "answer")
+SYNTHETIC_GROUPS = ("depth",)  # row fields of the synthetic benchmark that results are grouped by
 FRAME_FOLDER_FPS = 3.0  # MVBench's frame folders (TVQA) were extracted at 3 fps
 
 OPEN_QA = ("msvd-qa", "msrvtt-qa", "activitynet-qa", "tgif-qa")
@@ -218,8 +220,10 @@ def load_mvbench_layout(
     video_dirs: list[Path],
     name: str,
     limit: int | None = None,
+    meta_keys: tuple[str, ...] = (),
 ) -> Benchmark:
-    """MVBench-format tasks. `bound=None` in the table means "bounded when rows carry start/end"."""
+    """MVBench-format tasks. `bound=None` in the table means "bounded when rows carry start/end";
+    `meta_keys`: row fields kept in each sample's `meta` when a row has them."""
     samples: list[Sample] = []
     files: list[Path] = []
     found, missing = [], []
@@ -248,6 +252,7 @@ def load_mvbench_layout(
                     answer=_mcq_answer_letter(row, where),
                     start=start,
                     end=end,
+                    meta={k: row[k] for k in meta_keys if k in row},
                 )
             )
     if not found:
@@ -270,7 +275,7 @@ def load_synthetic(data_dir: str | Path, limit: int | None = None, split: str = 
     table = {p.stem: (p.name, (), "video", None) for p in sorted(folder.glob("*.json"))}
     if not table:
         raise FileNotFoundError(f"no synthetic tasks: {folder}/*.json not found")
-    return load_mvbench_layout(root, table, [folder], [folder], "synthetic", limit)
+    return load_mvbench_layout(root, table, [folder], [folder], "synthetic", limit, SYNTHETIC_GROUPS)
 
 
 _OPTION_LETTER = re.compile(r"^\s*\(?([A-Z])[.):]\s*")

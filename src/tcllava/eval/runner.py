@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 import tcllava
-from tcllava.eval.benchmarks import Benchmark, EvalError, EvalInputError, Sample
+from tcllava.eval.benchmarks import SYNTHETIC_GROUPS, Benchmark, EvalError, EvalInputError, Sample
 from tcllava.eval.config import EvalRun
 from tcllava.eval.dataset import EvalDataset, keep_lists
 from tcllava.eval.extract import EXTRACTION_RULE, EXTRACTION_VERSION, extract_choice
@@ -126,7 +126,8 @@ def _record(
     else:
         rec.update({"question": sample.question, "truth": sample.answer})
     rec["error"] = error
-    meta = {k: v for k, v in sample.meta.items() if k in VIDEOMME_GROUPS or k == "sub_category"}
+    kept = (*VIDEOMME_GROUPS, "sub_category", *SYNTHETIC_GROUPS)
+    meta = {k: v for k, v in sample.meta.items() if k in kept}
     if meta:
         rec["meta"] = meta
     return rec
@@ -398,7 +399,11 @@ def finalize(
             f"(subtitles={header['protocol']['subtitles']}), not {protocol.name!r}"
         )
     if bench.kind == "mcq":
-        groups = VIDEOMME_GROUPS if bench.name == "videomme" else ()
+        groups: tuple[str, ...] = ()
+        if bench.name == "videomme":
+            groups = VIDEOMME_GROUPS
+        elif bench.name == "synthetic":  # by needle depth when the rows carry one
+            groups = tuple(f for f in SYNTHETIC_GROUPS if any(f in s.meta for s in bench.samples))
         metrics = score_mcq(records, protocol.denominator, bench.tasks_found, groups)
     else:
         judge = judge or Judge.from_env()

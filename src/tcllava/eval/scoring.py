@@ -63,7 +63,8 @@ def score_mcq(
     records: list[dict[str, Any]], denominator: str, task_order: list[str], group_fields: tuple[str, ...] = ()
 ) -> dict[str, Any]:
     """Per task, the mean over tasks ("average", MVBench's headline), all samples pooled ("overall"),
-    and per metadata field (Video-MME: duration, domain, task_type)."""
+    and per metadata field (Video-MME: duration, domain, task_type; synthetic: the needle's depth) over
+    the records whose metadata has that field (a None value is a group of its own)."""
     tasks = _grouped(records, lambda r: r["task"], denominator, task_order)
     accs = [t["accuracy"] for t in tasks.values() if t["accuracy"] is not None]
     out: dict[str, Any] = {
@@ -74,7 +75,9 @@ def score_mcq(
     }
     if group_fields:
         out["groups"] = {
-            f: _grouped(records, lambda r, f=f: (r.get("meta") or {}).get(f), denominator)
+            f: _grouped(
+                [r for r in records if f in (r.get("meta") or {})], lambda r, f=f: r["meta"][f], denominator
+            )
             for f in group_fields
         }
     return out

@@ -50,7 +50,7 @@ def load_model(
     path: str | Path, dtype: torch.dtype = torch.float32, **overrides: Any
 ) -> TCLlavaForConditionalGeneration:
     """A tcllava checkpoint, loaded strictly (every key present, none unknown), or a llava-hf one mapped
-    on the fly. ``overrides``: TC settings (``gamma``, ``mask``, ``text_after_video``, ``kernel``) and the
+    on the fly. ``overrides``: TC settings (the fields of ``TCAttentionConfig``: ``gamma``, ``mask``, ...) and the
     config fields of :data:`~tcllava.model.config.OVERRIDABLE`; any other name is an error."""
     path = Path(path)
     if (path / ADAPTER_CONFIG).is_file():

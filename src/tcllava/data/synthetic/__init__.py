@@ -13,10 +13,18 @@ randomly initialised vision tower can see them. Output follows MVBench: one JSON
 Modules: `drawing` (colours, shapes, painting into frames), `choices` (shared random picks), `tasks` (the
 task registry `TASKS` and the 13 generators), `samples` (`make_samples`: balanced, deterministic samples),
 `writer` (`generate`: videos, JSON and manifest on disk), `stills` (`generate_images`: captioned stills for
-the image stage of the demo).
+the image stage of the demo), `needle` (`generate_needle`: the needle-in-a-video-haystack task for long
+videos, kept out of `TASKS` so the 13 tasks' outputs do not change).
 """
 
 from tcllava.data.synthetic.drawing import COLORS, SHAPES
+from tcllava.data.synthetic.needle import (
+    NEEDLE_TASKS,
+    NeedleSample,
+    generate_needle,
+    make_needle_samples,
+    needle_index,
+)
 from tcllava.data.synthetic.samples import SPLITS, Sample, fingerprint, make_samples
 from tcllava.data.synthetic.stills import (
     CAPTION_REQUEST,
@@ -33,6 +41,7 @@ from tcllava.data.synthetic.writer import VERSION, generate, write_mp4
 __all__ = [
     "CAPTION_REQUEST",
     "COLORS",
+    "NEEDLE_TASKS",
     "PLACES",
     "SHAPES",
     "SIZES",
@@ -41,13 +50,17 @@ __all__ = [
     "TASKS",
     "VERSION",
     "ImageSample",
+    "NeedleSample",
     "Sample",
     "TaskSpec",
     "fingerprint",
     "generate",
     "generate_images",
+    "generate_needle",
     "image_sample",
+    "make_needle_samples",
     "make_samples",
+    "needle_index",
     "option_lists",
     "thirds",
     "write_mp4",
