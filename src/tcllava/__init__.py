@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from typing import Any
 
 __version__ = "0.1.0"
+
+
+def lazy_exports(package: str, table: dict[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that imports ``table[name]`` only when ``name`` is first used, so that a
+    light import (the CLI's start-up, ``tcllava eval --help``) does not pay for torch and transformers."""
+
+    def __getattr__(name: str) -> Any:
+        if name in table:
+            return getattr(importlib.import_module(table[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
 
 _LAZY = {
     "load": "tcllava.model",
@@ -13,12 +28,4 @@ _LAZY = {
     "TCLlavaForConditionalGeneration": "tcllava.model",
     "TCLlavaProcessor": "tcllava.model",
 }
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy so that `import tcllava` (and the CLI's start-up) does not pay for torch/transformers.
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'tcllava' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

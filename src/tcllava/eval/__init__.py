@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from tcllava import lazy_exports
 
 _LAZY = {
     "EvalRun": "tcllava.eval.config",
@@ -19,12 +19,4 @@ _LAZY = {
 }
 
 __all__ = list(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy so that `tcllava eval --help` does not import torch.
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'tcllava.eval' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -7,8 +7,7 @@ module (``tcllava.model.templates``) costs no transformers import.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from tcllava import lazy_exports
 
 _LAZY = {
     "TCLlavaConfig": "tcllava.model.config",
@@ -27,9 +26,4 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'tcllava.model' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
