@@ -15,13 +15,14 @@ import torch
 from tcllava.attention import TCAttentionConfig
 from tcllava.cli import main
 from tcllava.data.synthetic import COLORS, SHAPES, generate_needle, make_needle_samples, needle_index
-from tcllava.data.synthetic.needle import DISTRACTORS
+from tcllava.data.synthetic.needle import DISTRACTORS, GREYS
 from tcllava.eval import EvalRun, Prompt, evaluate
 from tcllava.eval.benchmarks import load_synthetic
 from tcllava.eval.scoring import score_mcq
 from tcllava.video import Clip, keep_distinct, merge_similar_frames, read_video
 
 PALETTE = np.array(list(COLORS.values()), dtype=float)
+QUESTION = "One object in the video is coloured. What colour is it?"
 
 
 def decode(path: Path) -> np.ndarray:
@@ -57,8 +58,10 @@ def flashes(frames: np.ndarray) -> dict[int, tuple[str, str]]:
     }
 
 
-def asked_colour(question: str) -> str:
-    return re.fullmatch(r"What shape is the (\w+) object\?", question).group(1)
+def look_alikes(frames: np.ndarray) -> dict[int, str]:
+    """Frames holding a white object (brighter than any haystack grey, not a colour) -> its shape."""
+    masks = (frames.astype(int).min(-1) > 230) & ~coloured(frames)
+    return {int(t): shape_of(masks[t]) for t in np.nonzero(masks.sum((1, 2)) > 20)[0]}
 
 
 NEEDLE_ARGS = dict(lengths=(16, 64), depths=(0.0, 0.25, 0.5, 0.75, 1.0), seed=3)
@@ -91,15 +94,18 @@ def test_generator_is_deterministic_and_puts_the_needle_at_the_requested_depth(n
             )
             seen.append(row["needle_frame"])
             found = flashes(video)  # the one frame that differs from the haystack, in the decoded video
-            assert list(found) == [row["needle_frame"]]
+            assert list(found) == [row["needle_frame"]] and not look_alikes(video)
             colour, shape = found[row["needle_frame"]]
-            assert colour == asked_colour(row["question"]) and shape == row["answer"]
-            assert sorted(row["candidates"]) == sorted(SHAPES) and row["candidates"].count(row["answer"]) == 1
-            # The asked colour exists in the needle frame only (exactly, before encoding).
-            exact = (sample.frames == COLORS[colour]).all(-1).sum((1, 2))
-            assert np.nonzero(exact)[0].tolist() == [row["needle_frame"]]
+            assert row["question"] == QUESTION and colour == row["answer"] and shape == sample.shape
+            assert len(set(row["candidates"])) == 4 and set(row["candidates"]) <= set(COLORS)
+            assert row["candidates"].count(row["answer"]) == 1
+            # The answer's colour exists in the needle frame only, and is its only colour (exactly, before
+            # encoding); the haystack is grey or black.
+            exact = (sample.frames == COLORS[colour]).all(-1)
+            assert np.nonzero(exact.sum((1, 2)))[0].tolist() == [row["needle_frame"]]
+            assert np.array_equal(coloured(sample.frames)[row["needle_frame"]], exact[row["needle_frame"]])
             haystack = np.delete(sample.frames, row["needle_frame"], axis=0).astype(int)
-            assert (haystack.max(-1) == haystack.min(-1)).all()  # grey or black: no colour at all
+            assert (haystack.max(-1) == haystack.min(-1)).all() and haystack.max() < GREYS[1]
     train = json.loads((needle_data / "train" / "needle.json").read_text())
     assert sorted(r["needle_frame"] for r in train) == list(range(8))  # every index once in 8 videos
     assert all(r["frames"] == 8 and r["depth"] == r["needle_frame"] / 7 for r in train)
@@ -108,28 +114,36 @@ def test_generator_is_deterministic_and_puts_the_needle_at_the_requested_depth(n
 def test_answers_and_answer_positions_are_balanced():
     samples = make_needle_samples(8, 32, "test", (0.0, 0.5, 1.0), seed=1)
     answers = [s.answer for s in samples]
-    assert {answers.count(s) for s in SHAPES} == {6}
+    assert {answers.count(c) for c in COLORS} == {4}  # 24 needles, 6 colours
     assert {[s.candidates.index(s.answer) for s in samples].count(k) for k in range(4)} == {6}
+    assert all(flashes(s.frames) == {s.needle_frame: (s.answer, s.shape)} for s in samples)
+    assert {s.shape for s in samples} == set(SHAPES)  # the needle's shape varies (it is not asked)
     assert [s.depth for s in samples[:3]] == [0.0, 0.5, 1.0] and samples[2].needle_frame == 31
     other = make_needle_samples(8, 32, "test", (0.0, 0.5, 1.0), seed=2)
     assert not np.array_equal(samples[0].frames, other[0].frames)
 
 
-def test_distractors_look_alike_but_the_question_stays_unambiguous():
+def test_distractors_look_alike_but_the_question_stays_unambiguous(tmp_path):
     for frames in (8, 40):
         for s in make_needle_samples(4, frames, "test", (0.0, 0.5, 1.0), distractors=True):
-            assert asked_colour(s.question) == colour_of(
-                s.frames[s.needle_frame][coloured(s.frames)[s.needle_frame]]
-            )
-            assert s.candidates.count(s.answer) == 1 and sorted(s.candidates) == sorted(SHAPES)
-            found = flashes(s.frames)
-            assert sorted(found) == sorted([s.needle_frame, *s.distractor_frames])
-            assert len(s.distractor_frames) == DISTRACTORS
-            needle_colour = asked_colour(s.question)
-            assert found[s.needle_frame] == (needle_colour, s.answer)
-            for t in s.distractor_frames:
-                colour, shape = found[t]
-                assert colour != needle_colour and shape != s.answer and shape in s.candidates
+            assert s.question == QUESTION and s.candidates.count(s.answer) == 1
+            assert len(s.candidates) == 4 and set(s.candidates) <= set(COLORS)
+            # Colour only in the needle frame: the look-alikes are white, of the needle's shape.
+            assert flashes(s.frames) == {s.needle_frame: (s.answer, s.shape)}
+            outside = np.delete(s.frames, s.needle_frame, axis=0).astype(int)
+            assert (outside.max(-1) == outside.min(-1)).all()
+            white = (s.frames == 255).all(-1).sum((1, 2))
+            assert len(s.distractor_frames) == DISTRACTORS and s.needle_frame not in s.distractor_frames
+            assert np.nonzero(white)[0].tolist() == s.distractor_frames
+            assert look_alikes(s.frames) == dict.fromkeys(s.distractor_frames, s.shape)
+    # So it stays in the decoded video the model reads.
+    generate_needle(tmp_path, 0, 1, lengths=(16,), depths=(0.0, 0.5, 1.0), seed=4, distractors=True)
+    rows = json.loads((tmp_path / "L16" / "test" / "needle_distractor.json").read_text())
+    made = make_needle_samples(1, 16, "test", (0.0, 0.5, 1.0), seed=4, distractors=True)
+    for row, s in zip(rows, made, strict=True):
+        video = decode(tmp_path / "L16" / "test" / row["video"])
+        assert flashes(video) == {row["needle_frame"]: (row["answer"], s.shape)}
+        assert look_alikes(video) == dict.fromkeys(s.distractor_frames, s.shape)
 
 
 def test_bad_settings_are_refused_in_one_line(tmp_path, capsys):
@@ -155,7 +169,7 @@ def test_bad_settings_are_refused_in_one_line(tmp_path, capsys):
 
 
 class NeedleFinder:
-    """A scripted predictor that reads the needle's shape from the clip, and answers right only when the
+    """A scripted predictor that reads the needle's colour from the clip, and answers right only when the
     needle is in the first half of the video (wrong otherwise), so accuracy by depth is known."""
 
     def __init__(self) -> None:
@@ -166,9 +180,10 @@ class NeedleFinder:
         for clip, prompt in zip(clips, prompts, strict=True):
             frames = clip.frames.numpy()
             self.frames_seen.append(len(frames))
-            [(index, (_, shape))] = flashes(frames).items()
+            [(index, (colour, _))] = flashes(frames).items()
             options = dict(re.findall(r"\(([A-D])\) (\w+)", prompt.user))
-            pick = next(k for k, v in options.items() if (v == shape) == (index < len(frames) / 2))
+            assert sorted(options) == ["A", "B", "C", "D"] and colour in options.values()
+            pick = next(k for k, v in options.items() if (v == colour) == (index < len(frames) / 2))
             replies.append(pick)
         return replies
 
@@ -213,17 +228,19 @@ def test_merging_drops_near_duplicates_and_keeps_the_needle(needle_data):
         with pytest.raises(ValueError, match="threshold"):
             keep_distinct(ramp, bad)
     rows = json.loads((needle_data / "L64" / "test" / "needle.json").read_text())
+    counts = []
     for row in rows:
         clip = read_video(needle_data / "L64" / "test" / row["video"], num_frames=64)
         merged = merge_similar_frames(clip, 2.0)
         kept = keep_distinct(clip.frames, 2.0)
-        assert row["needle_frame"] in kept and len(kept) < 64 // 2
+        assert row["needle_frame"] in kept and len(kept) < 64
         assert torch.equal(merged.frames, clip.frames[kept]) and torch.equal(
             merged.timestamps, clip.timestamps[kept]
         )
-        assert list(flashes(merged.frames.numpy()).values()) == [
-            (asked_colour(row["question"]), row["answer"])
-        ]
+        assert [colour for colour, _ in flashes(merged.frames.numpy()).values()] == [row["answer"]]
+        counts.append(len(kept))
+    # How many frames a haystack keeps depends on how fast its shapes drift; on average, under half.
+    assert sum(counts) < 64 // 2 * len(rows)
 
 
 # ----------------------------------------------------------------------------------------------- the study
@@ -249,6 +266,23 @@ def test_run_keys_ignore_the_needle_test_settings():
         NeedleConfig.quick(reductions=[{"name": "bad", "pool_shape": [0, 0, 2]}])
     with pytest.raises(ValueError, match="merge_threshold"):
         NeedleConfig.quick(reductions=[{"name": "bad", "merge_threshold": -1}])
+
+
+def test_the_image_bases_words_cover_the_needle_questions():
+    """The base's tokenizer is built from benchmark_texts: a needle study's start must know every word."""
+    from tcllava.model.factory import build_word_tokenizer
+    from tcllava.recipes.image_llava import benchmark_texts
+
+    tokenizer = build_word_tokenizer(benchmark_texts(0, 6))
+    for distractors in (False, True):
+        texts = [
+            t
+            for s in make_needle_samples(2, 16, "test", seed=5, distractors=distractors)
+            for t in (s.question, *s.candidates)
+        ]
+        assert QUESTION in texts and set(COLORS) <= set(texts)
+        for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+            assert tokenizer.unk_token_id not in ids
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +330,7 @@ def test_a_checkpoint_pooled_4x4_runs_pooled_2x2(study):
     model, processor = load(report["models"]["tc"]["0"], pool_shape=(0, 2, 2))
     assert model.config.tokens_per_frame == 4
     frames = torch.randint(0, 255, (24, 64, 64, 3), dtype=torch.uint8)
-    batch = processor([{"role": "user", "content": "<video>\nWhat shape is the red object?"}], [frames])
+    batch = processor([{"role": "user", "content": "<video>\n" + QUESTION}], [frames])
     assert int((batch["input_ids"] == model.config.media_token_id).sum()) == 24 * 4
     with torch.no_grad():
         assert torch.isfinite(model(**batch).logits).all()

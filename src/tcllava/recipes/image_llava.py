@@ -31,11 +31,12 @@ from typing import Any
 
 import torch
 
-from tcllava.data.synthetic import TASKS, generate_images, make_samples
+from tcllava.data.synthetic import TASKS, generate_images, make_needle_samples, make_samples
 from tcllava.data.synthetic.stills import KINDS
 from tcllava.recipes.tiny_model import TinySizes, corpus, demo_config, save_checkpoint
 
-BASE_FORMAT = 1  # bump when a build's recipe or report changes in a way its settings do not show
+TOWER_REPORT = "tower_report.json"
+BASE_FORMAT = 2  # bump when a build's recipe or report changes in a way its settings do not show
 NOT_IN_KEY = ("out", "num_workers", "progress")  # settings that do not change the model built
 
 
@@ -53,6 +54,10 @@ class ImageLlavaConfig(TinySizes):
     # also drills pointing at an option letter.
     kinds: list[str] | None = None
     drill: bool = True
+    # Before the LLaVA stage: steps of the tower's own probe objective (tcllava.recipes.tower); 0 = none.
+    tower_steps: int = 0
+    tower_batch_size: int = 64
+    tower_lr: float = 3.0e-3
     seed: int = 0
     num_workers: int = 1
     progress: bool = True
@@ -60,6 +65,8 @@ class ImageLlavaConfig(TinySizes):
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.test_images < 1:
             raise ValueError("steps, batch_size and test_images must be positive")
+        if self.tower_steps < 0 or self.tower_batch_size < 1 or not self.tower_lr > 0:
+            raise ValueError("tower_steps must be >= 0, tower_batch_size >= 1 and tower_lr > 0")
         if self.kinds is not None and (not self.kinds or set(self.kinds) - set(KINDS)):
             raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {self.kinds}")
         if self.images <= 0:
@@ -73,11 +80,14 @@ def recipe(name: str) -> Path:
 
 @functools.cache
 def benchmark_texts(seed: int = 0, per_task: int = 64) -> tuple[str, ...]:
-    """Questions and candidates of every task of the video benchmark: the words the base must know.
-    Cached: every demo seed and ablation cell hashes them to find its start."""
+    """Questions and candidates of every task of the video benchmark and of the needle (both variants):
+    the words the base must know. Cached: every demo seed and ablation cell hashes them to find its start."""
     texts: list[str] = []
     for task in TASKS:
         for sample in make_samples(task, per_task, "train", seed, size=32):
+            texts += [sample.question, *sample.candidates]
+    for distractors in (False, True):
+        for sample in make_needle_samples(per_task, 8, "train", None, seed, 32, distractors):
             texts += [sample.question, *sample.candidates]
     return tuple(texts)
 
@@ -166,8 +176,9 @@ def image_question_accuracy(model_dir: Path, data: Path, limit: int | None = Non
 
 def build_image_llava(cfg: ImageLlavaConfig) -> Path:
     """Generate the still images, train a random tiny LLaVA on them, test it on held-out stills."""
-    from tcllava.model import TCLlavaForConditionalGeneration
-    from tcllava.model.factory import build_word_tokenizer
+    from tcllava.model import TCLlavaForConditionalGeneration, TCLlavaProcessor
+    from tcllava.model.factory import build_image_processor, build_word_tokenizer
+    from tcllava.recipes.tower import pretrain_tower
     from tcllava.train import TrainConfig, train
 
     start = time.perf_counter()
@@ -183,7 +194,17 @@ def build_image_llava(cfg: ImageLlavaConfig) -> Path:
         tokenizer = build_word_tokenizer([*corpus([data / "images.json"]), *benchmark_texts(cfg.seed)])
         config = demo_config(cfg, tokenizer, "plain")
         torch.manual_seed(cfg.seed)
-        save_checkpoint(TCLlavaForConditionalGeneration(config), tokenizer, cfg, init)
+        model = TCLlavaForConditionalGeneration(config)
+        tower = None
+        if cfg.tower_steps:
+            processor = TCLlavaProcessor(
+                tokenizer, build_image_processor(cfg.size), config, num_frames=cfg.frames
+            )
+            tower = pretrain_tower(
+                model, processor, cfg.tower_steps, cfg.tower_batch_size, cfg.tower_lr, cfg.seed
+            )
+        save_checkpoint(model, tokenizer, cfg, init)
+        (init / TOWER_REPORT).write_text(json.dumps(tower, indent=2))
     overrides = {
         "model": str(init),
         "output_dir": str(out / "run"),
@@ -207,6 +228,7 @@ def build_image_llava(cfg: ImageLlavaConfig) -> Path:
     shutil.copytree(summary["final_model_dir"], model)
     report = {
         "base": asdict(cfg),
+        "tower": json.loads((init / TOWER_REPORT).read_text()),
         "held_out_image_questions": image_question_accuracy(model, test),
         "final_loss": summary.get("final_loss"),
         "minutes": (time.perf_counter() - start) / 60,

@@ -2,14 +2,17 @@
 
 A haystack of F frames shows grey shapes drifting slowly along straight lines (the same path whatever F, so
 longer videos are slower, more alike frames of the same scene). One needle frame, at depth d (frame
-``round(d * (F - 1))``, halves rounded up), adds a coloured shape; the question, "What shape is the red
-object?", is answerable from that frame only: no other frame holds a pixel of the needle's colour, and the
-haystack holds no colour at all. The four candidates are the four shapes (MVBench-style multiple choice).
+``round(d * (F - 1))``, halves rounded up), adds a shape of one of ``COLORS``; the question, "One object in
+the video is coloured. What colour is it?", is answerable from that frame only: the haystack holds no
+colour at all. The candidates are the needle's colour and three others (MVBench-style multiple choice).
+The question asks for a colour, not a shape, because the demo's tiny models see colours at 64 px but not
+shapes (their image base is at chance on shape questions): a shape needle would measure nothing.
 
-The distractor variant (task ``needle_distractor``) adds ``DISTRACTORS`` frames that look like needles: a
-shape of another colour and another shape, for one frame each. The question names the needle's colour, so
-it stays unambiguous, and the distractors' shapes are among the candidates, so a model that answers from
-any flashing object is wrong.
+The distractor variant (task ``needle_distractor``) adds ``DISTRACTORS`` other frames with a look-alike,
+as V-NIAH puts a similar-looking but wrong needle: each shows, for one frame, an object of the needle's
+shape in white, brighter than any haystack grey. White is not a colour (nor one of the candidates), so
+the question stays unambiguous, but a model must find the coloured object, not just an object that
+appears for one frame.
 
 Training data is written at the demo's frame count (the needle at every frame index equally often); test
 data at other counts, each length its own folder in the synthetic benchmark's layout, so that
@@ -30,14 +33,17 @@ from pathlib import Path
 
 import numpy as np
 
-from tcllava.data.synthetic.choices import _pick, _pos
-from tcllava.data.synthetic.drawing import COLORS, SHAPES, R, _canvas, _draw
+from tcllava.data.synthetic.choices import _options, _pick, _pos
+from tcllava.data.synthetic.drawing import COLORS, SHAPES, WHITE, R, _canvas, _draw
 from tcllava.data.synthetic.samples import SPLITS, Sample, _cycle, fingerprint
 from tcllava.data.synthetic.writer import write_mp4
 
 NEEDLE_TASKS = ("needle", "needle_distractor")
-NEEDLE_VERSION = "1"
+NEEDLE_VERSION = "2"  # 2: the question asks for the needle's colour (1 asked for its shape)
+QUESTION = "One object in the video is coloured. What colour is it?"
+OPTIONS = 4  # candidates per question: the answer and three other colours
 DISTRACTORS = 2  # look-alike frames of the distractor variant
+DISTRACTOR_COLOR = WHITE  # no colour, and brighter than every haystack grey
 HAYSTACK_OBJECTS = 2
 GREYS = (110, 200)  # grey levels of the haystack's shapes: bright, but never a colour
 MAX_FRAMES = 1024
@@ -51,6 +57,7 @@ class NeedleSample(Sample):
     depth: float
     needle_frame: int
     distractor_frames: list[int]
+    shape: str  # the needle's (and its look-alikes') shape
 
 
 def needle_index(depth: float, num_frames: int) -> int:
@@ -67,11 +74,11 @@ def needle_sample(
     num_frames: int,
     size: int,
     index: int,
-    shape: str,
+    color: str,
     distractors: bool = False,
 ) -> NeedleSample:
-    """One haystack of ``num_frames`` frames with a ``shape`` needle at frame ``index``; candidates in
-    random order (callers place the answer)."""
+    """One haystack of ``num_frames`` frames with a ``color`` needle of a random shape at frame ``index``;
+    candidates in random order (callers place the answer)."""
     r = R * size
     frames = _canvas(num_frames, size)
     path = np.linspace(0.0, 1.0, num_frames)
@@ -80,20 +87,17 @@ def needle_sample(
         (x0, y0), (x1, y1) = _pos(rng, size, r + 1), _pos(rng, size, r + 1)
         for frame, f in zip(frames, path, strict=True):
             _draw(frame, kind, (grey, grey, grey), x0 + f * (x1 - x0), y0 + f * (y1 - y0), r)
-    colors = _pick(rng, list(COLORS), 1 + DISTRACTORS)
-    color = colors[0]
+    shape = _pick(rng, SHAPES, 1)[0]
     _draw(frames[index], shape, COLORS[color], *_pos(rng, size, r + 1), r)
     others: list[int] = []
     if distractors:
         free = [i for i in range(num_frames) if i != index]
         others = sorted(free[i] for i in rng.permutation(len(free))[:DISTRACTORS])
-        shapes = _pick(rng, [s for s in SHAPES if s != shape], DISTRACTORS)
-        for i, kind, other in zip(others, shapes, colors[1:], strict=True):
-            _draw(frames[i], kind, COLORS[other], *_pos(rng, size, r + 1), r)
-    candidates = _pick(rng, SHAPES, len(SHAPES))
-    question = f"What shape is the {color} object?"
+        for i in others:
+            _draw(frames[i], shape, DISTRACTOR_COLOR, *_pos(rng, size, r + 1), r)
+    candidates = _options(rng, color, list(COLORS), OPTIONS - 1)
     depth = index / (num_frames - 1)
-    return NeedleSample(frames, question, candidates, shape, depth, index, others)
+    return NeedleSample(frames, QUESTION, candidates, color, depth, index, others, shape)
 
 
 def make_needle_samples(
@@ -107,7 +111,7 @@ def make_needle_samples(
     exclude: set[bytes] | None = None,
 ) -> list[NeedleSample]:
     """``n`` samples per depth (``depths`` in turn, so a prefix of the rows covers every depth), or with
-    ``depths=None`` ``n`` samples with the needle at every frame index equally often (training). Shapes
+    ``depths=None`` ``n`` samples with the needle at every frame index equally often (training). Colours
     and the answer's position among the candidates are balanced; deterministic in the arguments, with
     streams of their own per (seed, split, frames, variant). ``depth`` is the needle frame's own depth,
     ``index / (num_frames - 1)``; with ``depths`` given it is the requested one."""
@@ -121,16 +125,16 @@ def make_needle_samples(
         wanted = [(None, i) for i in _cycle(schedule, list(range(num_frames)), n)]
     else:
         wanted = [(d, needle_index(d, num_frames)) for _ in range(n) for d in depths]
-    shapes = _cycle(schedule, list(SHAPES), len(wanted))
-    positions = _cycle(schedule, list(range(len(SHAPES))), len(wanted))
+    colors = _cycle(schedule, list(COLORS), len(wanted))
+    positions = _cycle(schedule, list(range(OPTIONS)), len(wanted))
     seen = set() if exclude is None else exclude
     samples = []
-    for (depth, index), shape, position in zip(wanted, shapes, positions, strict=True):
-        sample = needle_sample(rng, num_frames, size, index, shape, distractors)
+    for (depth, index), color, position in zip(wanted, colors, positions, strict=True):
+        sample = needle_sample(rng, num_frames, size, index, color, distractors)
         while fingerprint(sample) in seen:  # never in practice: positions are continuous
-            sample = needle_sample(rng, num_frames, size, index, shape, distractors)
-        others = [c for c in sample.candidates if c != shape]
-        sample.candidates = [*others[:position], shape, *others[position:]]
+            sample = needle_sample(rng, num_frames, size, index, color, distractors)
+        others = [c for c in sample.candidates if c != color]
+        sample.candidates = [*others[:position], color, *others[position:]]
         if depth is not None:
             sample.depth = float(depth)
         seen.add(fingerprint(sample))

@@ -45,6 +45,8 @@ class ImageSample:
     candidates: list[str]
     answer: str
     kind: str  # what the question asks about: color, shape, place, size, count or background
+    objects: list[dict[str, str]]  # per object: shape, color ("dark" on a background), size, place
+    background: str | None  # the background colour, None for black
 
 
 def image_sample(rng: np.random.Generator, size: int, kinds: tuple[str, ...] | None = None) -> ImageSample:
@@ -108,7 +110,7 @@ def image_sample(rng: np.random.Generator, size: int, kinds: tuple[str, ...] | N
     else:
         question, answer, pool = "What colour is the background?", str(background), list(COLORS)
     candidates = _options(rng, answer, pool, min(3, len(pool) - 1))
-    return ImageSample(image, caption, question, candidates, answer, kind)
+    return ImageSample(image, caption, question, candidates, answer, kind, objects, background)
 
 
 def option_lists(seed: int = 0, per_task: int = 24) -> list[list[str]]:
