@@ -297,3 +297,22 @@ def test_training_on_a_set_whose_every_sample_is_missing_says_so(tmp_path, capsy
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
     assert "no sample of the data can be used" in err and "3 missing_media" in err
+
+
+def test_a_model_that_prefers_the_media_placeholder_never_generates_it(tiny, video):
+    """A generated placeholder token was taken for a visual token at the next step and crashed it."""
+    model, processor = load(tiny)
+    media = model.config.media_token_id
+
+    def prefer_media(module, args, output):
+        output[..., media] = 1e4
+        return output
+
+    hook = model.language_model.lm_head.register_forward_hook(prefer_media)
+    try:
+        answer = model.chat(video, "what happens first ?", num_frames=2, max_new_tokens=3, do_sample=False)
+        sampled = model.chat(video, "what happens first ?", num_frames=2, max_new_tokens=3, do_sample=True)
+    finally:
+        hook.remove()
+    ids = processor.tokenizer(answer + sampled, add_special_tokens=False)["input_ids"]
+    assert media not in ids

@@ -174,6 +174,7 @@ class ModelPredictor:
             "do_sample": False,
             "eos_token_id": processor.stop_token_ids(),
             "pad_token_id": processor.tokenizer.pad_token_id,
+            "suppress_tokens": [processor.config.media_token_id],  # never a visual placeholder
             **generate_kwargs,
         }
 
@@ -188,7 +189,9 @@ class ModelPredictor:
         config = self.model.config.to_dict()
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
         settings = {
-            k: v for k, v in self.generate_kwargs.items() if k not in ("eos_token_id", "pad_token_id")
+            k: v
+            for k, v in self.generate_kwargs.items()
+            if k not in ("eos_token_id", "pad_token_id", "suppress_tokens")
         }
         return {
             "model": self.name,

@@ -75,6 +75,8 @@ def chat(
     inputs = {k: (v.to(model.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
     generate_kwargs.setdefault("eos_token_id", processor.stop_token_ids())
     generate_kwargs.setdefault("pad_token_id", processor.tokenizer.pad_token_id)
+    # A generated media placeholder would be taken for a visual token at the next step.
+    generate_kwargs.setdefault("suppress_tokens", [processor.config.media_token_id])
     with torch.inference_mode():
         out = model.generate(**inputs, streamer=streamer, **generate_kwargs)
     return processor.decode(out[0, inputs["input_ids"].shape[1] :])
