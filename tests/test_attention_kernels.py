@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+import tcllava.attention.kernels as kernels_module
 import tcllava.attention.layout as layout_module
 from tcllava.attention import MASK_KINDS, FrameLayout, attend, choose_kernel, dense_mask
 
@@ -96,9 +97,11 @@ LAYOUT_CASES = {
 
 @pytest.mark.parametrize("case", LAYOUT_CASES)
 @pytest.mark.parametrize("kind", MASK_KINDS)
-@pytest.mark.parametrize("group_size", [8, 768])
-def test_kernels_agree_on_outputs_and_gradients(case, kind, group_size, monkeypatch):
-    monkeypatch.setattr(layout_module, "GROUP_SIZE", group_size)  # small groups exercise the LSE merge
+@pytest.mark.parametrize("sizes", [(8, 8), (16, 5), (768, 256)])
+def test_kernels_agree_on_outputs_and_gradients(case, kind, sizes, monkeypatch):
+    # Small groups and pieces exercise the LSE merge of past, in-group and local parts.
+    monkeypatch.setattr(layout_module, "GROUP_SIZE", sizes[0])
+    monkeypatch.setattr(layout_module, "PIECE_SIZE", sizes[1])
     rows, side = LAYOUT_CASES[case]
     ids, mask = pad_rows(rows, side)
     layout = FrameLayout(ids, mask, kind)
@@ -126,8 +129,10 @@ def test_flex_block_mask_logic_matches_dense_forward(kind):
 
 
 @pytest.mark.parametrize("kind", MASK_KINDS)
-def test_chunked_queries_over_a_cache_match_the_full_pass(kind, monkeypatch):
-    monkeypatch.setattr(layout_module, "GROUP_SIZE", 8)
+@pytest.mark.parametrize("sizes", [(8, 8), (12, 4), (768, 256)])
+def test_chunked_queries_over_a_cache_match_the_full_pass(kind, sizes, monkeypatch):
+    monkeypatch.setattr(layout_module, "GROUP_SIZE", sizes[0])
+    monkeypatch.setattr(layout_module, "PIECE_SIZE", sizes[1])
     ids, mask = pad_rows([video_layout(3, 4, 6, 9), video_layout(6, 4, 6, 6)], "left")
     q, k, v = (t.detach() for t in _qkv(*ids.shape))
     full = attend(q, k, v, FrameLayout(ids, mask, kind), kernel="eager")
@@ -185,3 +190,67 @@ def test_groups_keep_frames_whole(monkeypatch):
     cuts = [g.q0 for g in layout.groups[1:]]
     assert cuts and all(blocks[c] != blocks[c - 1] for c in cuts)
     assert layout.groups[0].q0 == 0 and layout.groups[-1].q1 == ids.shape[1]
+
+
+def _prefix_agrees_with_eager(layout, seed=0):
+    q, k, v = _qkv(*layout.frame_ids.shape, seed=seed)
+    grad = torch.randn(q.shape, dtype=q.dtype, generator=torch.Generator().manual_seed(seed + 1))
+    for got, want in zip(
+        _run("prefix", q, k, v, layout, grad), _run("eager", q, k, v, layout, grad), strict=True
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_short_sequences_of_a_batch_are_one_call(side):
+    # The demo's case: short prompts of one layout but different lengths, padded: one masked call for all.
+    rows = [video_layout(3, 4, 6, 5), video_layout(3, 4, 6, 9), video_layout(3, 4, 6, 2), [-1] * 4]
+    ids, mask = pad_rows(rows, side)
+    for kind in ("causal", "frame_block_causal"):
+        layout = FrameLayout(ids, mask, kind)
+        assert [g.padded for g in layout.groups] == [True]
+        assert len(layout.prefix_plan(torch.float64, torch.device("cpu")).calls) == 1
+        _prefix_agrees_with_eager(layout)
+
+
+def test_samples_with_one_layout_share_their_calls(monkeypatch):
+    monkeypatch.setattr(layout_module, "GROUP_SIZE", 16)
+    monkeypatch.setattr(layout_module, "PIECE_SIZE", 6)
+    same, other = video_layout(3, 4, 6, 5), video_layout(5, 3, 6, 7)
+    ids, mask = pad_rows([same, same, same, other, same], "left")
+    layout = FrameLayout(ids, mask)
+    batches = [(g.batch, g.batches) for g in layout.groups]
+    assert set(batches) == {(0, 3), (3, 1), (4, 1)}
+    assert any(g.cuts for g in layout.groups) and any(g.q0 > g.key_start for g in layout.groups)
+    _prefix_agrees_with_eager(layout)
+
+
+def test_pieces_keep_frames_whole(monkeypatch):
+    monkeypatch.setattr(layout_module, "GROUP_SIZE", 20)
+    monkeypatch.setattr(layout_module, "PIECE_SIZE", 4)
+    ids = torch.tensor([video_layout(3, 5, 7, 4)])
+    layout = FrameLayout(ids, torch.ones_like(ids))
+    blocks = layout.blocks[0].tolist()
+    pieces = [piece for g in layout.groups for piece in g.pieces]
+    assert [a for a, _ in pieces[1:]] == [b for _, b in pieces[:-1]] and pieces[-1][1] == ids.shape[1]
+    assert all(blocks[a] != blocks[a - 1] for a, _ in pieces[1:])
+    assert any(len(g.pieces) > 1 for g in layout.groups)
+
+
+@pytest.mark.parametrize("sizes", [(16, 5), (768, 256)])
+def test_generic_group_path_matches_eager(sizes, monkeypatch):
+    # The path for devices without the CPU fused ops, run here on CPU: same groups, autograd-aware SDPA.
+    monkeypatch.setattr(layout_module, "GROUP_SIZE", sizes[0])
+    monkeypatch.setattr(layout_module, "PIECE_SIZE", sizes[1])
+    ids, mask = pad_rows([video_layout(3, 4, 6, 5), video_layout(1, 3, 5, 1), [-1] * 9], "right")
+    layout = FrameLayout(ids, mask)
+    q, k, v = _qkv(*ids.shape)
+    real_q = mask[:, None, :, None].bool()
+    got = kernels_module._groups_generic(
+        q, kernels_module._repeat_kv(k, 4), kernels_module._repeat_kv(v, 4), layout, 0.3
+    )
+    want = attend(q, k, v, layout, scale=0.3, kernel="eager")
+    torch.testing.assert_close(got * real_q, want * real_q, rtol=1e-9, atol=1e-9)
+    grads = torch.autograd.grad((got * real_q).sum(), (q, k, v))
+    for g, w in zip(grads, torch.autograd.grad((want * real_q).sum(), (q, k, v)), strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)

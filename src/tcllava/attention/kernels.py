@@ -3,11 +3,14 @@
 All take q [B, Hq, Q, D], k and v [B, Hkv, T, D] (the queries are the last Q of the T tokens described by a
 :class:`FrameLayout`) and return [B, Hq, Q, D].
 
-- ``prefix``: exact and mask-free for frames. Under the prefix kinds every query's keys are a prefix
-  [start, e(i)) of its sample, and all tokens of a frame share e(i) = end of the frame. So each frame is one
-  *unmasked* attention call over its key prefix; text runs are causal calls. Memory is linear in T and the
-  extra work over causal attention is only the upper triangles of the frames. On CPU the forward and
-  backward call PyTorch's fused flash kernels per segment and accumulate key/value gradients in place.
+- ``prefix``: exact, with no N x N mask. Under the prefix kinds every query's keys are a prefix
+  [start, e(i)) of its sample, and all tokens of a frame share e(i) = end of the frame. So queries cut
+  between frames see every earlier key: groups of queries make one *unmasked* call over their past, and
+  small pieces of a group one call over the group's keys up to their end, masked by a small shared
+  block-causal mask (none for a single frame, top-left causal for text). Samples of one layout share the
+  calls, and a batch of short sequences is one masked call. Memory is linear in T. On CPU the forward and
+  backward call PyTorch's fused flash kernels per call and merge the parts by log-sum-exp (the plan is
+  built once per forward, :meth:`FrameLayout.prefix_plan`).
 - ``flex``: FlexAttention with a block mask (compiled on GPU; uncompiled it is an O(T^2) reference).
 - ``sdpa``: SDPA with the dense [B, 1, Q, T] boolean mask (what transformers does by default).
 - ``eager``: softmax(q k^T + additive float mask) v, the textbook reference.
@@ -16,12 +19,13 @@ All take q [B, Hq, Q, D], k and v [B, Hkv, T, D] (the queries are the last Q of 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from tcllava.attention.layout import FrameLayout, QueryGroup
+from tcllava.attention.layout import FrameLayout, PrefixPlan, PrefixSegment
 
 KERNELS = ("auto", "prefix", "flex", "sdpa", "eager")
 
@@ -29,89 +33,141 @@ _flash_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _flash_cpu_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
 
-def _local_rule(blocks: torch.Tensor, dtype: torch.dtype) -> tuple[bool, torch.Tensor | None]:
-    """(is_causal, additive mask) for a group attending its own tokens under ``block(k) <= block(q)``.
-
-    One frame needs no mask; pure text is SDPA's top-left causal; a mix gets a small float mask.
-    """
-    allowed = blocks[None, :] <= blocks[:, None]
-    if bool(allowed.all()):
-        return False, None
-    if bool((blocks[1:] > blocks[:-1]).all()):
-        return True, None
-    bias = torch.zeros(allowed.shape, dtype=dtype, device=blocks.device)
-    return False, bias.masked_fill_(~allowed, float("-inf"))
+def _merge_into(out: torch.Tensor, lse: torch.Tensor, first: tuple, second: tuple) -> None:
+    """Write the attention over the union of two disjoint key sets into ``out`` and ``lse``: lse is the
+    logaddexp of theirs and out the weighted sum o1 * w1 + o2 * w2 with w = exp(lse_part - lse), which is
+    lerp(o1, o2, w2) since w1 + w2 = 1 (one pass over the outputs)."""
+    (o1, l1), (o2, l2) = first, second
+    torch.logaddexp(l1, l2, out=lse)
+    torch.lerp(o1, o2, torch.exp(l2 - lse)[..., None].to(o1.dtype), out=out)
 
 
-def _group_parts(group: QueryGroup, blocks: torch.Tensor, dtype: torch.dtype) -> list[tuple]:
-    """Key ranges of one query group: the unmasked past [key_start, q0) and the local [q0, q1)."""
-    is_causal, bias = _local_rule(blocks[group.batch, group.q0 : group.q1], dtype)
-    parts = [(group.q0, group.q1, is_causal, bias)]
-    if group.q0 > group.key_start:
-        parts.insert(0, (group.key_start, group.q0, False, None))
-    return parts
+def _token_major(x: torch.Tensor) -> torch.Tensor:
+    """x [B, H, L, D] laid out as [B, L, H, D] in memory, the layout the CPU flash kernels read and write
+    (a no-op for their outputs and for what transformers passes in)."""
+    return x if x.transpose(1, 2).is_contiguous() else x.transpose(1, 2).contiguous().transpose(1, 2)
 
 
-def _merge(o1, l1, o2, l2):
-    """Combine two attention results over disjoint key sets by their log-sum-exp."""
-    lse = torch.logaddexp(l1, l2)
-    out = o1 * torch.exp(l1 - lse)[..., None].to(o1.dtype) + o2 * torch.exp(l2 - lse)[..., None].to(o2.dtype)
-    return out, lse
+def _zeros_token_major(x: torch.Tensor) -> torch.Tensor:
+    """Zeros shaped like x [B, H, L, D], laid out as the flash kernels' outputs (so that adding them is a
+    contiguous add)."""
+    b, h, length, d = x.shape
+    return x.new_zeros(b, length, h, d).transpose(1, 2)
+
+
+class _OnDemand:
+    """Results of the plan's calls, computed when a segment first needs them and dropped after their last
+    use, so that only about one group's results are alive at a time."""
+
+    def __init__(self, plan: PrefixPlan, run: Callable[[int], tuple]):
+        self.run, self.cache = run, {}
+        self.uses = Counter(i for segment in plan.segments for i, _ in segment.parts)
+
+    def parts(self, segment: PrefixSegment) -> list[tuple]:
+        out = []
+        for i, rows in segment.parts:
+            if i not in self.cache:
+                self.cache[i] = self.run(i)
+            out.append(tuple(x[:, :, rows] for x in self.cache[i]))
+            self.uses[i] -= 1
+            if not self.uses[i]:
+                del self.cache[i]
+        return out
 
 
 class _PrefixAttentionCPU(torch.autograd.Function):
-    """Per query group: fused flash attention over the past and local keys, merged by log-sum-exp.
+    """The plan's fused flash calls, merged by log-sum-exp per output segment.
 
-    The backward calls the fused backward of each part with the *merged* output and log-sum-exp, which is
+    The backward calls the fused backward of each call with the *merged* output and log-sum-exp, which is
     exact (the softmax normaliser is the merged one). Autograd through the forward op's log-sum-exp would
     not be: PyTorch ignores gradients flowing into it.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, groups: list[QueryGroup], blocks: torch.Tensor, query_start: int, scale: float):
-        out = q.new_zeros(q.shape)
-        lse = q.new_zeros(q.shape[:-1], dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
-        all_parts = []
-        for group in groups:
-            b, qs = slice(group.batch, group.batch + 1), slice(group.q0 - query_start, group.q1 - query_start)
-            parts = _group_parts(group, blocks, q.dtype)
-            merged = None
-            for k0, k1, is_causal, bias in parts:
-                o, part_lse = _flash_cpu(
-                    q[b, :, qs], k[b, :, k0:k1], v[b, :, k0:k1], 0.0, is_causal, attn_mask=bias, scale=scale
-                )
-                merged = (o, part_lse) if merged is None else _merge(*merged, o, part_lse)
-            out[b, :, qs], lse[b, :, qs] = merged
-            all_parts.append(parts)
+    def forward(ctx, q, k, v, plan: PrefixPlan, scale: float):
+        def run(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            c = plan.calls[i]
+            q_, k_, v_ = q[c.batch, :, c.queries], k[c.batch, :, c.keys], v[c.batch, :, c.keys]
+            return _flash_cpu(q_, k_, v_, 0.0, c.causal, attn_mask=c.bias, scale=scale)
+
+        if _single(plan, q, k):
+            out, lse = run(0)  # one call for everything: nothing to merge or copy
+        else:
+            batch, heads, queries, dim = q.shape
+            empty = torch.empty if plan.complete else torch.zeros
+            out = empty(batch, queries, heads, dim, dtype=q.dtype).transpose(1, 2)
+            lse = empty(
+                batch, heads, queries, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32
+            )
+            results = _OnDemand(plan, run)
+            for segment in plan.segments:
+                rows = (segment.batch, slice(None), segment.queries)
+                parts = results.parts(segment)
+                if len(parts) == 1:
+                    out[rows], lse[rows] = parts[0]
+                else:
+                    _merge_into(out[rows], lse[rows], *parts)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.groups, ctx.parts, ctx.query_start, ctx.scale = groups, all_parts, query_start, scale
+        ctx.plan, ctx.scale = plan, scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        for group, parts in zip(ctx.groups, ctx.parts, strict=True):
-            b = slice(group.batch, group.batch + 1)
-            qs = slice(group.q0 - ctx.query_start, group.q1 - ctx.query_start)
-            for k0, k1, is_causal, bias in parts:
-                gq, gk, gv = _flash_cpu_backward(
-                    grad_out[b, :, qs],
-                    q[b, :, qs],
-                    k[b, :, k0:k1],
-                    v[b, :, k0:k1],
-                    out[b, :, qs],
-                    lse[b, :, qs],
-                    0.0,
-                    is_causal,
-                    attn_mask=bias,
-                    scale=ctx.scale,
-                )
-                dq[b, :, qs] += gq
-                dk[b, :, k0:k1] += gk
-                dv[b, :, k0:k1] += gv
-        return dq, dk, dv, None, None, None, None
+        plan, grad_out = ctx.plan, _token_major(grad_out)
+
+        def grads(i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            c = plan.calls[i]
+            rows = (c.batch, slice(None), c.queries)
+            k_, v_ = k[c.batch, :, c.keys], v[c.batch, :, c.keys]
+            return _flash_cpu_backward(
+                grad_out[rows],
+                q[rows],
+                k_,
+                v_,
+                out[rows],
+                lse[rows],
+                0.0,
+                c.causal,
+                attn_mask=c.bias,
+                scale=ctx.scale,
+            )
+
+        if _single(plan, q, k):
+            return *grads(0), None, None
+        dk, dv = _zeros_token_major(k), _zeros_token_major(v)
+
+        def query_grad(i: int) -> tuple[torch.Tensor]:
+            """Adds call i's key and value gradients in place, keeps its query gradient for the segments."""
+            gq, gk, gv = grads(i)
+            keys = (plan.calls[i].batch, slice(None), plan.calls[i].keys)
+            dk[keys] += gk
+            dv[keys] += gv
+            return (gq,)
+
+        # Every query row is in one segment: its gradient is the sum of its parts' (one or two).
+        dq = (torch.empty_like if plan.complete else _zeros_token_major)(out)
+        results = _OnDemand(plan, query_grad)
+        for segment in plan.segments:
+            rows = (segment.batch, slice(None), segment.queries)
+            parts = [gq for (gq,) in results.parts(segment)]
+            if len(parts) == 1:
+                dq[rows] = parts[0]
+            else:
+                torch.add(*parts, out=dq[rows])
+        return dq, dk, dv, None, None
+
+
+def _single(plan: PrefixPlan, q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether the plan is one call over every sample, query and key."""
+    if len(plan.calls) != 1 or not plan.complete:
+        return False
+    call = plan.calls[0]
+    return (
+        call.batch.indices(q.shape[0]) == (0, q.shape[0], 1)
+        and call.queries.indices(q.shape[2]) == (0, q.shape[2], 1)
+        and call.keys.indices(k.shape[2]) == (0, k.shape[2], 1)
+    )
 
 
 def _groups_generic(q, k, v, layout: FrameLayout, scale: float) -> torch.Tensor:
@@ -119,16 +175,20 @@ def _groups_generic(q, k, v, layout: FrameLayout, scale: float) -> torch.Tensor:
     the CPU fused ops (memory stays linear in T: one group's mask at a time)."""
     out = q.new_zeros(q.shape)
     for group in layout.groups:
-        b, qs = group.batch, slice(group.q0 - layout.query_start, group.q1 - layout.query_start)
-        blocks = layout.blocks[b].to(q.device)
-        allowed = blocks[group.key_start : group.q1][None, :] <= blocks[group.q0 : group.q1][:, None]
-        out[b, :, qs] = F.scaled_dot_product_attention(
-            q[b : b + 1, :, qs],
-            k[b : b + 1, :, group.key_start : group.q1],
-            v[b : b + 1, :, group.key_start : group.q1],
-            attn_mask=allowed,
+        batch = slice(group.batch, group.batch + group.batches)
+        queries = slice(group.q0 - layout.query_start, group.q1 - layout.query_start)
+        keys = slice(group.key_start, group.q1)
+        allowed = ~layout.blocked(group, group.q0, group.q1, keys).to(q.device)
+        # Padding queries (of padded groups) see no key; SDPA would give NaN: let them see all, then zero them.
+        blind = ~allowed.any(dim=2, keepdim=True)
+        part = F.scaled_dot_product_attention(
+            q[batch, :, queries],
+            k[batch, :, keys],
+            v[batch, :, keys],
+            attn_mask=(allowed | blind)[:, None],
             scale=scale,
-        )[0]
+        )
+        out[batch, :, queries] = part.masked_fill(blind[:, None], 0.0)
     return out
 
 
@@ -146,7 +206,7 @@ def prefix_attention(q, k, v, layout: FrameLayout, scale: float) -> torch.Tensor
         )
     k, v = _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1])
     if q.device.type == "cpu":
-        return _PrefixAttentionCPU.apply(q, k, v, layout.groups, layout.blocks, layout.query_start, scale)
+        return _PrefixAttentionCPU.apply(q, k, v, layout.prefix_plan(q.dtype, q.device), scale)
     return _groups_generic(q, k, v, layout, scale)
 
 
