@@ -321,6 +321,13 @@ def test_the_study_writes_heat_maps_from_the_evaluators_results(study):
     assert (out / "needle.png").read_bytes()[:4] == b"\x89PNG"
     train = json.loads((Path(report["data"]) / "train" / "needle.json").read_text())
     assert len(train) == 16 and {r["frames"] for r in train} == {8}
+    # The study is the ablation grid with a needle section: its table has the variant's task accuracy and
+    # the needle's at each length and reduction (one seed: the heat map's all-depths row).
+    table = (out / "ablation.md").read_text()
+    assert "| needle 16, full | needle 24, full | needle 16, pool2 | needle 24, pool2 |" in table
+    needle = [f"{cells[r]['by_length'][f]:.1f}" for r in ("full", "pool2") for f in ("16", "24")]
+    assert table.rstrip().endswith(" | " + " | ".join(needle) + " |")
+    assert "| needle | tc | tc | frame_block_causal | 1 | paper |" in table
 
 
 def test_a_checkpoint_pooled_4x4_runs_pooled_2x2(study):

@@ -136,6 +136,7 @@ def test_ablation_grid_runs_and_resumes_without_retraining(tmp_path, monkeypatch
         "out": str(tmp_path / "ablate"),
         "seeds": [0],
         "start": "scratch",
+        "tasks": ["action_sequence", "object_color"],
         **SMALL,
         "grid": [
             {"study": "masks", "name": "causal", "gamma": 0, "mask": "causal"},
@@ -159,17 +160,118 @@ def test_ablation_grid_runs_and_resumes_without_retraining(tmp_path, monkeypatch
     def no_training(*args, **kwargs):
         raise AssertionError("a finished cell was trained again")
 
+    real_training = experiment.train_variant
     monkeypatch.setattr(experiment, "train_variant", no_training)
     assert cli_main(["ablate", str(config)]) == 0
     again = json.loads((tmp_path / "ablate" / "ablation.json").read_text())
     assert [r["all"]["mean"] for r in again["rows"]] == [r["all"]["mean"] for r in first["rows"]]
     assert (
-        "| reading | tc-next | 1 | frame_block_causal | next |"
+        "| reading | tc-next | tc | frame_block_causal | 1 | next |"
         in (tmp_path / "ablate" / "ablation.md").read_text()
     )
     config.write_text(yaml.safe_dump({**grid, "stepz": 3}))
     assert cli_main(["ablate", str(config)]) == 2
     assert "unknown keys ['stepz']" in capsys.readouterr().err
+    # A grown grid trains only its new cell: the finished cells' runs are not keyed by the grid.
+    grown = [*grid["grid"], {"study": "masks", "name": "frame_block", "gamma": 0, "mask": "frame_block"}]
+    config.write_text(yaml.safe_dump({**grid, "grid": grown}))
+    trained = []
+    monkeypatch.setattr(
+        experiment, "train_variant", lambda *args: trained.append(args[4]) or real_training(*args)
+    )
+    assert cli_main(["ablate", str(config)]) == 0
+    assert [settings.mask for settings in trained] == ["frame_block"]
+
+
+def test_schemes_grid_with_the_needle_trains_once_and_reports_both(tmp_path, monkeypatch, capsys):
+    """A grid with a needle section: each cell trains once on the tasks plus the needle videos, and its row
+    holds the tasks' accuracy and the needle's at each length, as the evaluator's results files say."""
+    grid = {
+        "out": str(tmp_path / "schemes"),
+        "seeds": [0],
+        "start": "scratch",
+        "tasks": ["action_sequence", "object_color"],
+        **{**SMALL, "train_per_task": 4, "steps": 2, "batch_size": 2},
+        "size": 32,
+        "frames": 4,
+        "grid": [
+            {"study": "schemes", "name": "mrope-causal", "position_scheme": "mrope", "mask": "causal"},
+            {"study": "schemes", "name": "tc-fbc", "gamma": 1, "mask": "frame_block_causal"},
+        ],
+        "needle": {"needle_train": 8, "needle_test": 1, "lengths": [4, 8], "depths": [0.0, 1.0]},
+    }
+    config = tmp_path / "grid.yaml"
+    config.write_text(yaml.safe_dump(grid))
+    assert cli_main(["ablate", str(config)]) == 0
+    out = tmp_path / "schemes"
+    report = json.loads((out / "ablation.json").read_text())
+    table = (out / "ablation.md").read_text()
+    assert (
+        "| study | cell | scheme | mask | gamma | reading | temporal tasks | static tasks | all | "
+        "all, generated letter | needle 4 | needle 8 |" in table
+    )
+    for row, (scheme, mask) in zip(
+        report["rows"], [("mrope", "causal"), ("tc", "frame_block_causal")], strict=True
+    ):
+        model = Path(row["models"]["0"])
+        trained = json.loads((model / "config.json").read_text())["tc_attention"]
+        assert (trained["position_scheme"], trained["mask"]) == (scheme, mask)
+        # One training set: the tasks' videos and the needle's, at the grid's frame count.
+        data = yaml.safe_load((model.parent / "config.yaml").read_text())["data"][0]["path"]
+        assert data == f"{report['data']}/train/*.json"
+        assert len(json.loads((Path(report["data"]) / "train" / "needle.json").read_text())) == 8
+        cells = [f"{100 * row[k]['mean']:.1f}" for k in ("temporal", "static", "all", "all_generated")]
+        for frames in (4, 8):
+            results = (
+                out / "needle" / model.parent.name / "full" / "likelihood" / f"L{frames}" / "results.json"
+            )
+            evaluation = json.loads(results.read_text())
+            assert evaluation["num_frames"] == frames and set(evaluation["metrics"]["groups"]["depth"]) == {
+                "0.0",
+                "1.0",
+            }
+            cells.append(f"{evaluation['metrics']['overall']['accuracy']:.1f}")
+        gamma, reading = ("-", "-") if scheme == "mrope" else ("1", "paper")
+        assert (
+            f"| schemes | {row['name']} | {scheme} | {mask} | {gamma} | {reading} | "
+            + " | ".join(cells)
+            + " |"
+            in table
+        )
+    needle = json.loads((out / "needle.json").read_text())
+    assert [c["variant"] for c in needle["cells"]] == ["mrope-causal", "tc-fbc"]
+    assert needle["models"] == {r["name"]: r["models"] for r in report["rows"]}
+    for name in ("ablation.png", "needle.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished cell was trained again")
+
+    monkeypatch.setattr(experiment, "train_variant", no_training)
+    assert cli_main(["ablate", str(config), "needle.lengths=[8]"]) == 0  # fewer lengths: evaluation only
+    assert "| needle 8 |" in (out / "ablation.md").read_text()
+    assert "| needle 4 |" not in (out / "ablation.md").read_text()
+    assert cli_main(["ablate", str(config), "needle.lengths=[1]"]) == 2
+    assert "frames must be integers in 2..1024, got 1" in capsys.readouterr().err
+    assert cli_main(["ablate", str(config), "needle.lenghts=[8]"]) == 2
+    assert "the needle section may set needle_train, needle_test, lengths" in capsys.readouterr().err
+
+
+def test_the_shipped_schemes_grid_is_every_scheme_with_both_masks():
+    from tcllava.recipes.ablate import AblationConfig
+    from tcllava.recipes.image_llava import recipe
+
+    cfg = AblationConfig.from_yaml(recipe("ablate_schemes.yaml"))
+    pairs = {(c.settings.position_scheme, c.settings.mask) for c in cfg.grid}
+    assert pairs == {
+        (s, m) for s in ("tc", "vanilla", "mrope", "videorope") for m in ("causal", "frame_block_causal")
+    }
+    assert len(cfg.grid) == 8 and {c.study for c in cfg.grid} == {"schemes"}
+    assert all(c.settings.gamma == 1 for c in cfg.grid if c.settings.position_scheme == "tc")
+    needle = cfg.experiment()
+    assert (needle.needle_train, needle.needle_test, needle.lengths) == (240, 4, [8, 16, 32, 64])
+    assert needle.depths == [0.0, 0.5, 1.0] and [r.name for r in needle.reductions] == ["full"]
+    assert (cfg.steps, cfg.seeds, cfg.start) == (100, [0, 1], "base")
 
 
 def test_smollm2_option_wraps_the_pretrained_llm_unchanged(tmp_path):

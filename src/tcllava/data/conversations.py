@@ -197,7 +197,9 @@ def read_records(path: str | Path) -> list[Any]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not a JSON record ({e.msg} at column {e.colno})") from None
+                raise ValueError(
+                    f"{path}:{number}: not a JSON record ({e.msg} at column {e.colno})"
+                ) from None
         return records
     try:
         records = json.loads(text)

@@ -1,4 +1,5 @@
-"""`tcllava ablate CONFIG [key=value ...]`: run (or resume) an ablation grid. See :mod:`tcllava.recipes.ablate`."""
+"""`tcllava ablate CONFIG [key=value ...]`: run (or resume) an ablation grid, with the needle if the
+config has a needle section. See :mod:`tcllava.recipes.ablate`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import yaml
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML grid, e.g. configs/ablate_cpu.yaml")
     parser.add_argument(
-        "overrides", nargs="*", help="key=value overrides of the experiment settings (e.g. steps=100)"
+        "overrides",
+        nargs="*",
+        help="key=value overrides of the experiment settings (e.g. steps=100; needle.lengths=[8,16])",
     )
 
 

@@ -12,7 +12,8 @@ outgrow the context, two ways to fewer visual tokens are options of the evaluati
   tokenisation (:func:`tcllava.video.merge_similar_frames`), so a slowly changing video costs fewer frames.
 
 :func:`evaluate_needle` evaluates one model on every length; :func:`needle_study` trains variants (name ->
-:class:`~tcllava.attention.TCAttentionConfig`) and evaluates each under each reduction. Both write
+:class:`~tcllava.attention.TCAttentionConfig`) and evaluates each under each reduction: it is the ablation
+grid of :mod:`tcllava.recipes.ablate` with a needle section, the one code path of both. Both write
 ``needle.json``, ``needle.md`` (accuracy by depth x frames, and visual tokens per video) and ``needle.png``
 (the heat map: frames across, depth down, colour accuracy).
 """
@@ -20,7 +21,6 @@ outgrow the context, two ways to fewer visual tokens are options of the evaluati
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,17 +29,8 @@ import yaml
 
 from tcllava.attention import TCAttentionConfig
 from tcllava.data.synthetic import NEEDLE_TASKS, generate, generate_needle
-from tcllava.data.synthetic.needle import DEPTHS, LENGTHS, needle_task
-from tcllava.recipes.experiment import (
-    NOT_IN_RUN_KEY,
-    ExperimentConfig,
-    Phases,
-    choose_start,
-    log,
-    run_folder,
-    run_variant,
-    short_hash,
-)
+from tcllava.data.synthetic.needle import DEPTHS, LENGTHS, check_needle_settings, needle_task
+from tcllava.recipes.experiment import NOT_IN_RUN_KEY, ExperimentConfig, log, short_hash
 
 # Settings of the needle evaluation only: they do not change the models trained, so not their runs' keys.
 NEEDLE_EVAL_ONLY = ("needle_test", "lengths", "depths", "reductions", "needle_scoring")
@@ -386,6 +377,18 @@ class NeedleConfig(ExperimentConfig):
             raise ValueError(f"reductions need distinct names, got {names}")
         if self.needle_train < 1 or self.needle_test < 1:
             raise ValueError("needle_train and needle_test must be >= 1")
+        # The generator's own checks, here so that a bad length or depth stops a study before it starts.
+        check_needle_settings(
+            self.needle_train,
+            self.needle_test,
+            tuple(self.lengths),
+            tuple(self.depths),
+            self.frames,
+            self.size,
+            4.0,
+            0,
+            self.distractors,
+        )
         if self.needle_scoring not in SCORINGS:
             raise ValueError(
                 f"needle_scoring must be one of {', '.join(SCORINGS)}, got {self.needle_scoring!r}"
@@ -435,6 +438,12 @@ class NeedleConfig(ExperimentConfig):
         if not cells or len({c.name for c in cells}) != len(cells):
             raise ValueError(f"{path}: grid needs variants with distinct names")
         return cls(**values), {c.name: c.settings for c in cells}
+
+
+# The needle's own settings (the rest are the experiment's): the keys of an ablation's needle section.
+NEEDLE_SETTINGS = tuple(
+    f for f in NeedleConfig.__dataclass_fields__ if f not in ExperimentConfig.__dataclass_fields__
+)
 
 
 def _generated(folder: Path, request: dict[str, Any], make: Any) -> Path:
@@ -518,58 +527,24 @@ def check_words(model: Path, tests: Path) -> None:
             raise ValueError(f"{model}: its tokenizer does not know all of {unknown[0]!r} ({file})")
 
 
+def needle_title(cfg: NeedleConfig) -> str:
+    seeds = f"{len(cfg.seeds)} seed" + ("s" if len(cfg.seeds) > 1 else "")
+    task = needle_task(cfg.distractors)
+    return f"Needle in a video haystack ({task}): trained at {cfg.frames} frames, {seeds}"
+
+
 def needle_study(cfg: NeedleConfig, variants: dict[str, TCAttentionConfig]) -> dict[str, Any]:
     """Train each variant per seed (the experiment kit: same data, start and steps) on the tasks plus the
-    needle, evaluate it on the needle at every length under every reduction, and write the report into
-    ``cfg.out`` (``needle.json``, ``needle.md``, ``needle.png``): one heat map per variant and reduction,
-    the mean over seeds. Finished runs and evaluations are reused."""
+    needle, evaluate it on the tasks and on the needle at every length under every reduction, and write the
+    report into ``cfg.out``: ``needle.json``, ``needle.md``, ``needle.png`` (one heat map per variant and
+    reduction, the mean over seeds) and the ablation table and plot beside them. This is `tcllava ablate`'s
+    grid (study ``needle``) with ``cfg``'s needle settings as its needle section; finished runs and
+    evaluations are reused. Returns the needle report."""
+    from tcllava.recipes.ablate import AblationConfig, Cell, run_grid
+
     if not variants:
         raise ValueError("a needle study needs at least one variant")
-    started = time.perf_counter()
-    units = len(variants) * len(cfg.seeds)
-    phases = Phases(total=units + 2, units=units)
-    phases.begin("benchmark videos")
-    data, tests = prepare_needle_data(cfg)
-    phases.end()
-    starts = {seed: choose_start(cfg, data, seed) for seed in cfg.seeds}
-    for start in set(starts.values()):
-        check_words(start, tests)
-    per_seed: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    models: dict[str, dict[int, str]] = {}
-    for name, settings in variants.items():
-        for seed in cfg.seeds:
-            phases.begin(f"{name} seed {seed}: train, then the needle at {cfg.lengths} frames", unit=True)
-            run = run_variant(cfg, data, starts[seed], name, settings, seed)
-            models.setdefault(name, {})[seed] = str(run.model)
-            folder = Path(cfg.out) / "needle" / run_folder(cfg, name, settings, seed)
-            for reduction in cfg.reductions:
-                cell = evaluate_needle(
-                    run.model,
-                    tests,
-                    folder / reduction.name / cfg.needle_scoring,
-                    cfg.lengths,
-                    reduction,
-                    cfg.needle_scoring,
-                    batch_frames=cfg.eval_batch_size * cfg.frames,
-                    num_workers=cfg.num_workers,
-                )
-                per_seed.setdefault((name, reduction.name), []).append(cell)
-            phases.end()
-    phases.begin("report")
-    cells = [{"variant": name, **mean_cells(found)} for (name, _), found in per_seed.items()]
-    config = asdict(cfg)
-    task = needle_task(cfg.distractors)
-    seeds = f"{len(cfg.seeds)} seed" + ("s" if len(cfg.seeds) > 1 else "")
-    title = f"Needle in a video haystack ({task}): trained at {cfg.frames} frames, {seeds}"
-    extra = {
-        "config": config,
-        "variants": {name: s.to_dict() for name, s in variants.items()},
-        "models": models,
-        "data": str(data),
-        "tests": str(tests),
-        "seconds": time.perf_counter() - started,
-    }
-    report = write_needle_report(Path(cfg.out), cells, title, extra)
-    phases.end()
-    log(f"needle study done in {report['seconds'] / 60:.1f} min: {Path(cfg.out) / 'needle.md'}")
-    return report
+    grid = [Cell(name, "needle", settings) for name, settings in variants.items()]
+    report = run_grid(AblationConfig.with_needle(cfg, grid))
+    log(f"needle study: {Path(cfg.out) / 'needle.md'}")
+    return report["needle"]

@@ -152,7 +152,7 @@ def _check_frames(num_frames: int, distractors: bool) -> None:
         )
 
 
-def _check(
+def check_needle_settings(
     train: int,
     test: int,
     lengths: tuple[int, ...],
@@ -222,7 +222,7 @@ def generate_needle(
     JSON and manifest are byte-identical for the same arguments. ``OUT/train`` may be a folder of
     :func:`~tcllava.data.synthetic.generate`'s: the other tasks' files are left alone."""
     lengths, depths = tuple(lengths), tuple(float(d) for d in depths)
-    _check(train, test, lengths, depths, train_frames, size, fps, seed, distractors)
+    check_needle_settings(train, test, lengths, depths, train_frames, size, fps, seed, distractors)
     out, task = Path(out_dir), needle_task(distractors)
     hashes: dict[str, str] = {}
     with ThreadPoolExecutor(workers) as pool:
